@@ -1,0 +1,23 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+VENV := .venv
+BIN  := $(VENV)/bin
+
+.PHONY: setup demo test test-fast lock bench
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(BIN)/miipher2 demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup
+	$(BIN)/python -m bench
+
+lock:
+	@{ echo "# Exact, tested dependency set. Regenerate with: make lock"; $(BIN)/pip freeze --exclude-editable | grep -v '^miipher2'; } > requirements.lock

@@ -1,0 +1,1 @@
+"""Datasets: manifests, validation, degradation simulation, the demo corpus."""

@@ -1,0 +1,1 @@
+"""Objective evaluation: metrics, baselines, reports."""

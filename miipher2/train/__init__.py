@@ -1,0 +1,1 @@
+"""Training: losses, the three stages, checkpoints, distributed execution."""
