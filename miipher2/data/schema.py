@@ -47,7 +47,7 @@ class ManifestSchema(pa.DataFrameModel):
     def _utt_id(cls, series: pd.Series) -> pd.Series:
         return series.astype(str).str.fullmatch(UTT_ID_PATTERN)
 
-    @pa.check("path", "language", "speaker", name="not_blank", error="must not be empty")
+    @pa.check("path", "language", "speaker", name="not_blank", error="a value is required")
     def _not_blank(cls, series: pd.Series) -> pd.Series:
         return series.astype(str).str.strip() != ""
 
