@@ -1,0 +1,318 @@
+"""The Miipher-2 feature cleaner: a frozen SSL speech encoder, cut at its feature layer, with a
+parallel adapter beside the feed-forward block of every layer up to it.
+
+USM (the paper's encoder) is not public, so presets name public stand-ins that transformers
+loads from a hub id or a local directory. Each preset's feature layer keeps the paper's choice of
+a layer ~40 % up the stack (13 of USM's 32): low enough to keep speaker, prosody and acoustic
+detail the vocoder needs, high enough to be abstracted from noise and channel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from miipher2.model.adapters import AdapterBank
+from miipher2.model.frontends import Gemma3nLogMel, KaldiFbank, WaveNormalizer
+
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class BackbonePreset:
+    hub_id: str
+    family: str  # key of FAMILIES: how transformers builds, feeds and truncates the model
+    model_class: str  # transformers class name
+    num_layers: int  # encoder depth of the released checkpoint
+    feature_layer: int  # default layer whose output is cleaned and vocoded (1-based)
+    why: str
+
+
+BACKBONE_PRESETS: dict[str, BackbonePreset] = {
+    # Conformer like USM, 600M, 4.5M h in 143+ languages, MIT: the closest public analogue.
+    "w2v-bert-2.0": BackbonePreset(
+        "facebook/w2v-bert-2.0", "w2v-bert", "Wav2Vec2BertModel", 24, 10,
+        "13/32 of the depth (paper) -> 10 of 24; w2v-BERT's top layers specialise in its MLM targets",
+    ),
+    # 95M HuBERT base, 147 languages. A public Miipher-2 reimplementation (Atotti/miipher-2)
+    # compared layers 4, 6 and 9 of this model and kept 6 as its default.
+    "mhubert-147": BackbonePreset(
+        "utter-project/mHuBERT-147", "hubert", "HubertModel", 12, 6,
+        "13/32 of 12 is 5; layer 6 is what the public reimplementation settled on for this model",
+    ),
+    "wavlm-large": BackbonePreset(
+        "microsoft/wavlm-large", "wavlm", "WavLMModel", 24, 10,
+        "13/32 of the depth -> 10 of 24; SUPERB layer weights put content and speaker both mid-stack",
+    ),
+    "hubert-large": BackbonePreset(
+        "facebook/hubert-large-ll60k", "hubert", "HubertModel", 24, 10,
+        "13/32 of the depth -> 10 of 24",
+    ),
+    # Gemma 3n's audio encoder is USM-based (gated licence). Its 12 layers are wider than USM's
+    # 32; 13/32 of 12 is 4.9 -> 5.
+    "usm": BackbonePreset(
+        "google/gemma-3n-E2B-it", "gemma3n-audio", "Gemma3nAudioEncoder", 12, 5,
+        "13/32 of the depth -> 5 of 12 (the paper's own ratio, on the USM-based encoder)",
+    ),
+}
+
+
+class _Family:
+    """How one transformers model family is fed, truncated and adapted."""
+
+    feature_extractor_class: str
+
+    def layers(self, model: nn.Module) -> nn.ModuleList: ...
+    def truncate(self, model: nn.Module, n: int) -> None: ...
+    def feed_forward(self, layer: nn.Module) -> nn.Module: ...
+    def frontend(self, feature_extractor) -> nn.Module: ...
+    def hop_length(self, model: nn.Module, feature_extractor) -> int: ...
+    def receptive_field(self, model: nn.Module, feature_extractor) -> int: ...
+    def encode(self, model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class _ConvFrontEndFamily(_Family):
+    """HuBERT and WavLM: CNN feature encoder on raw waves, then a Transformer."""
+
+    feature_extractor_class = "Wav2Vec2FeatureExtractor"
+
+    def layers(self, model):
+        return model.encoder.layers
+
+    def truncate(self, model, n):
+        model.encoder.layers = model.encoder.layers[:n]
+        model.config.num_hidden_layers = n
+        if model.config.do_stable_layer_norm:
+            # Pre-LN encoders normalise only after the last layer; hidden_states[n] is taken before it.
+            model.encoder.layer_norm = nn.Identity()
+
+    def feed_forward(self, layer):
+        return layer.feed_forward
+
+    def frontend(self, feature_extractor):
+        return WaveNormalizer(feature_extractor)
+
+    def hop_length(self, model, feature_extractor):
+        return math.prod(model.config.conv_stride)
+
+    def receptive_field(self, model, feature_extractor):
+        field, jump = 1, 1
+        for kernel, stride in zip(model.config.conv_kernel, model.config.conv_stride):
+            field, jump = field + (kernel - 1) * jump, jump * stride
+        return field
+
+    def encode(self, model, inputs, mask):
+        hidden = model(input_values=inputs, attention_mask=mask.long()).last_hidden_state
+        frames = model._get_feat_extract_output_lengths(mask.sum(1))
+        return hidden, torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frames[:, None]
+
+
+class _W2vBertFamily(_Family):
+    """Wav2Vec2-BERT: Kaldi fbank pairs into a macaron Conformer (FFN/2, MHSA, conv, FFN/2).
+
+    The adapter sits beside the second feed-forward module: it runs last in the layer, after
+    attention and convolution have gathered context, so the correction it learns is applied to
+    what the layer outputs (USM, also a macaron Conformer, gets the same treatment).
+    """
+
+    feature_extractor_class = "SeamlessM4TFeatureExtractor"
+
+    def layers(self, model):
+        return model.encoder.layers
+
+    def truncate(self, model, n):
+        model.encoder.layers = model.encoder.layers[:n]
+        model.config.num_hidden_layers = n
+        model.intermediate_ffn = None  # heads applied after the last layer, not part of layer n
+        model.adapter = None
+
+    def feed_forward(self, layer):
+        return layer.ffn2
+
+    def frontend(self, feature_extractor):
+        return KaldiFbank(feature_extractor)
+
+    def hop_length(self, model, feature_extractor):
+        return KaldiFbank.HOP * feature_extractor.stride
+
+    def receptive_field(self, model, feature_extractor):
+        return KaldiFbank.FRAME + (feature_extractor.stride - 1) * KaldiFbank.HOP
+
+    def encode(self, model, inputs, mask):
+        return model(input_features=inputs, attention_mask=mask.long()).last_hidden_state, mask
+
+
+class _Gemma3nAudioFamily(_Family):
+    """Gemma 3n's USM-based audio encoder: log-mel, 2-D conv subsampling (4x), Conformer blocks
+    whose feed-forward modules include their own residual; the adapter goes beside the last one."""
+
+    feature_extractor_class = "Gemma3nAudioFeatureExtractor"
+
+    def layers(self, model):
+        return model.conformer
+
+    def truncate(self, model, n):
+        model.conformer = model.conformer[:n]
+        model.config.conf_num_hidden_layers = n
+        # The 4x time reduction is applied after the last block only; layer n's output has none.
+        model.config.conf_reduction_factor = 1
+
+    def feed_forward(self, layer):
+        return layer.ffw_layer_end
+
+    def frontend(self, feature_extractor):
+        return Gemma3nLogMel(feature_extractor)
+
+    def _time_strides(self, model):
+        return [stride[0] for stride in model.config.sscp_conv_stride_size]
+
+    def hop_length(self, model, feature_extractor):
+        return feature_extractor.hop_length * math.prod(self._time_strides(model))
+
+    def receptive_field(self, model, feature_extractor):
+        frames, jump = 1, 1
+        for kernel, stride in zip((k[0] for k in model.config.sscp_conv_kernel_size), self._time_strides(model)):
+            frames, jump = frames + (kernel - 1) * jump, jump * stride
+        return feature_extractor.frame_length + (frames - 1) * feature_extractor.hop_length
+
+    def encode(self, model, inputs, mask):
+        out = model(audio_mel=inputs, audio_mel_mask=~mask)  # the encoder's mask is True on padding
+        return out.last_hidden_state, ~out.audio_mel_mask
+
+
+FAMILIES: dict[str, _Family] = {
+    "hubert": _ConvFrontEndFamily(),
+    "wavlm": _ConvFrontEndFamily(),
+    "w2v-bert": _W2vBertFamily(),
+    "gemma3n-audio": _Gemma3nAudioFamily(),
+}
+
+
+class FeatureCleaner(nn.Module):
+    """Frozen SSL encoder truncated at `feature_layer`, with a parallel adapter in every layer.
+
+    forward(wave [B, T] at 16 kHz, lengths [B]) -> (features [B, F, D], frame_lengths [B]).
+    Frame f describes input samples [f * hop_length, (f + 1) * hop_length): the wave is padded
+    on both sides by half the excess of the frontend's receptive field over its hop, so frames
+    are centred on their hop and F is about T / hop_length.
+    """
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, encoder: nn.Module, feature_extractor, preset: str, feature_layer: int, adapter_dim: int = 1024, source: str | None = None):
+        super().__init__()
+        self.source = source  # hub id or directory the encoder came from, recorded in model directories
+        if preset not in BACKBONE_PRESETS:
+            raise ValueError(f"unknown backbone preset {preset!r}; choose from {sorted(BACKBONE_PRESETS)}")
+        self.preset = preset
+        self.family = FAMILIES[BACKBONE_PRESETS[preset].family]
+        depth = len(self.family.layers(encoder))
+        if not 1 <= feature_layer <= depth:
+            raise ValueError(f"feature_layer={feature_layer} is outside 1..{depth} for this {preset} encoder")
+        self.feature_layer, self.adapter_dim = feature_layer, adapter_dim
+
+        self.family.truncate(encoder, feature_layer)  # layers above the feature layer are never computed
+        encoder.requires_grad_(False)
+        self.encoder = encoder.eval()
+        self.frontend = self.family.frontend(feature_extractor)
+        self.hop_length = self.family.hop_length(encoder, feature_extractor)
+        self.input_padding = max(0, self.family.receptive_field(encoder, feature_extractor) - self.hop_length) // 2
+        self.feature_dim = int(encoder.config.hidden_size)
+        hosts = [self.family.feed_forward(layer) for layer in self.family.layers(encoder)]
+        self.adapters = AdapterBank(hosts, self.feature_dim, adapter_dim)
+
+    @classmethod
+    def from_pretrained(cls, source: str, preset: str = "w2v-bert-2.0", feature_layer: int | None = None, adapter_dim: int = 1024) -> FeatureCleaner:
+        """Load the frozen encoder from a hub id or local directory; adapters start untrained."""
+        if preset not in BACKBONE_PRESETS:
+            raise ValueError(f"unknown backbone preset {preset!r}; choose from {sorted(BACKBONE_PRESETS)}")
+        spec = BACKBONE_PRESETS[preset]
+        family = FAMILIES[spec.family]
+        encoder = _load_encoder(source, spec)
+        feature_extractor = _load_feature_extractor(source, family)
+        return cls(encoder, feature_extractor, preset, feature_layer or spec.feature_layer, adapter_dim, source=str(source))
+
+    def train(self, mode: bool = True) -> FeatureCleaner:
+        super().train(mode)
+        self.encoder.eval()  # frozen means frozen: no dropout, no layer drop, no masking
+        return self
+
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None, use_adapters: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        if wave.ndim != 2:
+            raise ValueError(f"wave must be [batch, samples] at 16 kHz, got shape {tuple(wave.shape)}")
+        if lengths is None:
+            lengths = torch.full((wave.shape[0],), wave.shape[1], device=wave.device, dtype=torch.long)
+        pad = self.input_padding
+        wave = nn.functional.pad(wave.float(), (pad, pad))
+        inputs, mask = self.frontend(wave, lengths.to(wave.device) + 2 * pad)
+        self.adapters.enabled = use_adapters
+        try:
+            hidden, frame_mask = self.family.encode(self.encoder, inputs, mask)
+        finally:
+            self.adapters.enabled = True
+        hidden = hidden * frame_mask[..., None].to(hidden.dtype)
+        return hidden, frame_mask.sum(1)
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return list(self.adapters.parameters())
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.adapters.state_dict()
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.adapters.load_state_dict(state)
+
+
+def _load_feature_extractor(source: str, family: _Family):
+    """The checkpoint's own preprocessing settings when it ships them, else the family defaults."""
+    import transformers
+
+    try:
+        return transformers.AutoFeatureExtractor.from_pretrained(source)
+    except (OSError, ValueError, KeyError):
+        return getattr(transformers, family.feature_extractor_class)()
+
+
+def _load_encoder(source: str, spec: BackbonePreset) -> nn.Module:
+    import transformers
+
+    model_class = getattr(transformers, spec.model_class)
+    if spec.family == "gemma3n-audio":
+        config = transformers.AutoConfig.from_pretrained(source)
+        if config.model_type == "gemma3n":  # a full Gemma 3n checkpoint: take only its audio tower
+            return _load_gemma3n_audio_tower(source, config.audio_config)
+    return model_class.from_pretrained(source, dtype=torch.float32)
+
+
+GEMMA3N_AUDIO_PREFIX = "model.audio_tower."
+
+
+def _load_gemma3n_audio_tower(source: str, audio_config) -> nn.Module:
+    """Read just the audio tower's tensors from a full Gemma 3n checkpoint (saves ~10 GB)."""
+    import json
+
+    from safetensors import safe_open
+    from transformers import Gemma3nAudioEncoder
+    from transformers.utils import cached_file
+
+    index = cached_file(source, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
+    if index:
+        weight_map = json.loads(Path(index).read_text())["weight_map"]
+        shards = sorted({shard for key, shard in weight_map.items() if key.startswith(GEMMA3N_AUDIO_PREFIX)})
+    else:
+        shards = ["model.safetensors"]
+    state = {}
+    for shard in shards:
+        with safe_open(cached_file(source, shard), framework="pt") as f:
+            for key in f.keys():
+                if key.startswith(GEMMA3N_AUDIO_PREFIX):
+                    state[key[len(GEMMA3N_AUDIO_PREFIX) :]] = f.get_tensor(key).float()
+    if not state:
+        raise ValueError(f"{source}: no tensors named {GEMMA3N_AUDIO_PREFIX}* in this Gemma 3n checkpoint")
+    encoder = Gemma3nAudioEncoder(audio_config)
+    encoder.load_state_dict(state, strict=True)
+    return encoder.eval()

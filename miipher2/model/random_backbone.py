@@ -1,0 +1,74 @@
+"""Randomly initialised encoders saved like hub checkpoints, for tests, CPU demos and timing.
+
+Model hubs are unreachable in CI, yet the loading code must be the real one. A directory
+written here is what `FeatureCleaner.from_pretrained(directory, preset)` reads from a hub
+download: config.json, model.safetensors, preprocessor_config.json.
+
+size="full" uses the released checkpoints' architecture values (typed in from their
+config.json) so timing and FLOP counts are those of the real models; size="tiny" keeps the
+architecture family but shrinks every width (TINY_LAYERS layers; use feature_layer <= that).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TINY_LAYERS = 4
+TINY_FEATURE_LAYER = 2
+
+_TINY_CONV = {"conv_dim": (16,) * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4}
+_TINY_TRANSFORMER = {"hidden_size": 32, "num_hidden_layers": TINY_LAYERS, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def _configs(preset: str, size: str):
+    import transformers as tf
+
+    tiny = size == "tiny"
+    if preset == "w2v-bert-2.0":
+        # facebook/w2v-bert-2.0: 24 x 1024, 16 heads, FFN 4096, depthwise kernel 31, relative_key positions
+        values = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                      feature_projection_input_dim=160, hidden_act="swish", conv_depthwise_kernel_size=31,
+                      position_embeddings_type="relative_key", left_max_position_embeddings=64,
+                      right_max_position_embeddings=8, add_adapter=False)
+        if tiny:
+            values.update(_TINY_TRANSFORMER, conv_depthwise_kernel_size=5, left_max_position_embeddings=8, right_max_position_embeddings=2)
+        return tf.Wav2Vec2BertConfig(**values), tf.Wav2Vec2BertModel, tf.SeamlessM4TFeatureExtractor()
+    if preset in ("mhubert-147", "hubert-large"):
+        if preset == "mhubert-147":  # HuBERT base: 12 x 768, post-LN, group-norm CNN
+            values = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                          feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False)
+            extractor = tf.Wav2Vec2FeatureExtractor(do_normalize=False, return_attention_mask=False)
+        else:  # facebook/hubert-large-ll60k: 24 x 1024, pre-LN, layer-norm CNN
+            values = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                          feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+            extractor = tf.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+        if tiny:
+            values.update(_TINY_TRANSFORMER, **_TINY_CONV)
+        return tf.HubertConfig(**values), tf.HubertModel, extractor
+    if preset == "wavlm-large":  # microsoft/wavlm-large: 24 x 1024, pre-LN, gated relative position bias
+        values = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                      feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=False)
+        if tiny:
+            values.update(_TINY_TRANSFORMER, **_TINY_CONV, num_buckets=32, max_bucket_distance=80)
+        return tf.WavLMConfig(**values), tf.WavLMModel, tf.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+    if preset == "usm":  # Gemma 3n audio encoder: 12 x 1536 Conformer, 8 heads
+        values = dict(hidden_size=1536, conf_num_hidden_layers=12, conf_num_attention_heads=8)
+        if tiny:
+            values.update(hidden_size=32, conf_num_hidden_layers=TINY_LAYERS, conf_num_attention_heads=2, sscp_conv_channel_size=(8, 4))
+        return tf.Gemma3nAudioConfig(**values), tf.Gemma3nAudioEncoder, tf.Gemma3nAudioFeatureExtractor()
+    raise ValueError(f"no random-backbone recipe for preset {preset!r}")
+
+
+def save_random_backbone(directory: str | Path, preset: str, size: str = "tiny", seed: int = 0) -> Path:
+    """Write a randomly initialised `preset` encoder to `directory`; returns the directory."""
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+    config, model_class, extractor = _configs(preset, size)
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    extractor.save_pretrained(directory)
+    return directory

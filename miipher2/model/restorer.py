@@ -1,0 +1,215 @@
+"""The composed Miipher-2 restorer: degraded wave -> feature cleaner -> vocoder -> clean wave.
+
+A model directory holds only what training produced; the frozen encoder is public and is
+loaded from its hub id (or a local copy) named in the config:
+
+    config.yaml            format, backbone {preset, source, feature_layer, adapter_dim}, vocoder {...}
+    adapters.safetensors   parallel adapter weights
+    vocoder.safetensors    HiFi-GAN generator weights
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from miipher2.audio import resample
+from miipher2.model.backbone import BACKBONE_PRESETS, FeatureCleaner
+from miipher2.model.chunking import crossfade_join, plan_chunks
+from miipher2.model.vocoder import Vocoder, VocoderConfig
+
+FORMAT = "miipher2-restorer/1"
+CONFIG_FILE, ADAPTERS_FILE, VOCODER_FILE = "config.yaml", "adapters.safetensors", "vocoder.safetensors"
+
+
+class Restorer(nn.Module):
+    """`Restorer.from_pretrained(path).restore(wave, sample_rate) -> (clean wave, output rate)`.
+
+    Long inputs are cut into `chunk_seconds` pieces overlapping by `overlap_seconds`, restored
+    in batches of `batch_size` and cross-faded back together.
+    """
+
+    def __init__(self, cleaner: FeatureCleaner, vocoder: Vocoder, backbone_source: str | None = None, *,
+                 chunk_seconds: float = 30.0, overlap_seconds: float = 1.0, batch_size: int = 8):
+        super().__init__()
+        if vocoder.config.feature_dim != cleaner.feature_dim:
+            raise ValueError(f"vocoder takes {vocoder.config.feature_dim}-dim features but the cleaner makes {cleaner.feature_dim}")
+        if vocoder.hop_length * cleaner.sample_rate != cleaner.hop_length * vocoder.sample_rate:
+            raise ValueError(f"vocoder hop {vocoder.hop_length} at {vocoder.sample_rate} Hz does not match the cleaner's frame hop {cleaner.hop_length} at {cleaner.sample_rate} Hz")
+        self.backbone_source = backbone_source or cleaner.source
+        if not self.backbone_source:
+            raise ValueError("the restorer needs the frozen encoder's hub id or directory (backbone_source)")
+        self.cleaner, self.vocoder = cleaner, vocoder
+        self.chunk_seconds, self.overlap_seconds, self.batch_size = chunk_seconds, overlap_seconds, batch_size
+
+    # ---- construction and persistence -------------------------------------------------
+
+    @classmethod
+    def build(cls, source: str, preset: str = "w2v-bert-2.0", *, feature_layer: int | None = None, adapter_dim: int = 1024,
+              sample_rate: int = 24000, vocoder_size: str = "paper") -> Restorer:
+        """A fresh restorer: pretrained frozen encoder, untrained adapters and vocoder."""
+        cleaner = FeatureCleaner.from_pretrained(source, preset, feature_layer, adapter_dim)
+        config = VocoderConfig.for_features(cleaner.feature_dim, cleaner.hop_length, sample_rate, cleaner.sample_rate, vocoder_size)
+        return cls(cleaner, Vocoder(config), source)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None, *,
+                        backbone_source: str | None = None, **options) -> Restorer:
+        """Load a model directory. `backbone_source` overrides where the frozen encoder comes from
+        (e.g. a local mirror of the hub id recorded at training time)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        config = _read_config(path)
+        backbone = config["backbone"]
+        source = backbone_source or backbone["source"]
+        cleaner = FeatureCleaner.from_pretrained(source, backbone["preset"], backbone["feature_layer"], backbone["adapter_dim"])
+        vocoder = Vocoder(VocoderConfig.from_dict(config["vocoder"]))
+        try:
+            cleaner.load_adapter_state_dict(load_file(path / ADAPTERS_FILE))
+            vocoder.load_state_dict(load_file(path / VOCODER_FILE))
+        except (OSError, RuntimeError) as err:  # missing file, or shapes that do not match the config
+            raise ValueError(f"{path}: weights do not load into the configured model ({err})") from err
+        restorer = cls(cleaner, vocoder, source, **options).eval()
+        return restorer.to(resolve_device(device))
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the model directory atomically: readers see the old one or the new one, never a mix."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        try:
+            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(self.config_dict(), sort_keys=False))
+            save_file(_contiguous(self.cleaner.adapter_state_dict()), tmp / ADAPTERS_FILE)
+            save_file(_contiguous(self.vocoder.state_dict()), tmp / VOCODER_FILE)
+            old = None
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def config_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "backbone": {
+                "preset": self.cleaner.preset,
+                "source": self.backbone_source,
+                "feature_layer": self.cleaner.feature_layer,
+                "adapter_dim": self.cleaner.adapter_dim,
+            },
+            "vocoder": self.vocoder.config.to_dict(),
+        }
+
+    # ---- inference -----------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        """Output sample rate."""
+        return self.vocoder.sample_rate
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vocoder.parameters()).device
+
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """16 kHz waves [B, T] -> (restored waves [B, T_out] at `sample_rate`, their lengths [B])."""
+        features, frames = self.cleaner(wave, lengths)
+        return self.vocoder(features), frames * self.vocoder.hop_length
+
+    @torch.inference_mode()
+    def restore(self, wave: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
+        """Restore one recording: wave is (samples,) or (samples, channels) at any rate."""
+        return self.restore_batch([wave], [sample_rate])[0]
+
+    @torch.inference_mode()
+    def restore_batch(self, waves: list[np.ndarray], rates: list[int]) -> list[tuple[np.ndarray, int]]:
+        """Restore many recordings; their chunks are pooled and run `batch_size` at a time."""
+        inputs = [_to_mono_16k(np.asarray(w), r, index) for index, (w, r) in enumerate(zip(waves, rates))]
+        rate_in, hop_in = self.cleaner.sample_rate, self.cleaner.hop_length
+        chunk = max(hop_in, int(self.chunk_seconds * rate_in))
+        overlap = int(self.overlap_seconds * rate_in)
+        jobs = [(i, c) for i, x in enumerate(inputs) for c in plan_chunks(len(x), chunk, overlap, hop_in)]
+        jobs.sort(key=lambda job: job[1].stop - job[1].start)  # similar lengths batch with little padding
+        outputs: dict[tuple[int, int], np.ndarray] = {}
+        for first in range(0, len(jobs), self.batch_size):
+            batch = jobs[first : first + self.batch_size]
+            pieces = [inputs[i][c.start : c.stop] for i, c in batch]
+            for (i, c), restored in zip(batch, self._run(pieces)):
+                outputs[(i, c.start)] = restored
+
+        ratio = self.sample_rate / rate_in
+        fade = max(0, int((overlap - hop_in) * ratio))
+        results = []
+        for i, x in enumerate(inputs):
+            starts = sorted(start for (j, start) in outputs if j == i)
+            pieces = [outputs[(i, s)] for s in starts]
+            total = int(round(len(x) * ratio))
+            results.append((crossfade_join(pieces, [int(round(s * ratio)) for s in starts], total, fade), self.sample_rate))
+        return results
+
+    def _run(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
+        device = self.device
+        lengths = torch.tensor([len(p) for p in pieces], device=device)
+        batch = torch.zeros(len(pieces), int(lengths.max()), device=device)
+        for row, piece in enumerate(pieces):
+            batch[row, : len(piece)] = torch.from_numpy(piece)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+        with autocast:
+            restored, out_lengths = self(batch, lengths)
+        restored = restored.float().cpu().numpy()
+        return [restored[row, : int(n)] for row, n in enumerate(out_lengths.cpu())]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _to_mono_16k(wave: np.ndarray, rate: int, index: int) -> np.ndarray:
+    if wave.ndim == 2:
+        wave = wave.mean(axis=1)
+    if wave.ndim != 1 or wave.size == 0:
+        raise ValueError(f"input {index}: expected a non-empty (samples,) or (samples, channels) wave, got shape {wave.shape}")
+    if not np.isfinite(wave).all():
+        raise ValueError(f"input {index}: wave contains NaN or infinite samples")
+    return np.ascontiguousarray(resample(wave.astype(np.float32), int(rate), FeatureCleaner.sample_rate), dtype=np.float32)
+
+
+def _read_config(path: Path) -> dict:
+    file = path / CONFIG_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: not a Miipher-2 model directory (no {CONFIG_FILE})")
+    config = yaml.safe_load(file.read_text())
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{file}: format must be {FORMAT!r}, got {config.get('format') if isinstance(config, dict) else config!r}")
+    backbone = config.get("backbone")
+    if not isinstance(backbone, dict):
+        raise ValueError(f"{file}: missing 'backbone' section")
+    for key in ("preset", "source", "feature_layer", "adapter_dim"):
+        if key not in backbone:
+            raise ValueError(f"{file}: backbone.{key} is missing")
+    if backbone["preset"] not in BACKBONE_PRESETS:
+        raise ValueError(f"{file}: backbone.preset {backbone['preset']!r} is not one of {sorted(BACKBONE_PRESETS)}")
+    if not isinstance(config.get("vocoder"), dict):
+        raise ValueError(f"{file}: missing 'vocoder' section")
+    return config
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}

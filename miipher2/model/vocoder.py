@@ -1,0 +1,108 @@
+"""SSL-feature vocoder: speechbrain's HiFi-GAN generator with the SSL features as its input.
+
+Its transposed convolutions multiply the frame rate by `hop_length` (output samples per feature
+frame), so a 50 Hz feature sequence becomes 16 kHz (hop 320) or 24 kHz (hop 480) audio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from torch import nn
+
+
+@dataclass
+class VocoderConfig:
+    feature_dim: int  # SSL feature size = generator input channels
+    hop_length: int  # output samples per feature frame
+    sample_rate: int = 24000
+    upsample_factors: list[int] = field(default_factory=list)  # empty: derived from hop_length
+    upsample_initial_channel: int = 512
+    resblock_type: str = "1"
+    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
+    resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]])
+
+    def __post_init__(self):
+        if not self.upsample_factors:
+            self.upsample_factors = upsample_factors_for(self.hop_length)
+        product = 1
+        for factor in self.upsample_factors:
+            product *= factor
+        if product != self.hop_length:
+            raise ValueError(f"vocoder upsample_factors {self.upsample_factors} multiply to {product}, not hop_length {self.hop_length}")
+        if self.upsample_initial_channel % (2 ** len(self.upsample_factors)):
+            raise ValueError(f"vocoder upsample_initial_channel={self.upsample_initial_channel} must be divisible by 2**{len(self.upsample_factors)} (it halves per stage)")
+        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
+            raise ValueError("vocoder resblock_kernel_sizes and resblock_dilation_sizes must have the same length")
+
+    @classmethod
+    def for_features(cls, feature_dim: int, input_hop: int, sample_rate: int = 24000, input_rate: int = 16000, size: str = "paper") -> VocoderConfig:
+        """Config for features with `input_hop` 16 kHz samples per frame, vocoded at `sample_rate`.
+
+        size="paper": HiFi-GAN V1 widths (512 channels, kernels 3/7/11); "tiny": for tests and
+        CPU demos (32 channels, one residual block per stage).
+        """
+        if (input_hop * sample_rate) % input_rate:
+            raise ValueError(f"a frame hop of {input_hop} samples at {input_rate} Hz is not a whole number of samples at {sample_rate} Hz")
+        hop = input_hop * sample_rate // input_rate
+        if size == "paper":
+            return cls(feature_dim, hop, sample_rate)
+        if size == "tiny":
+            return cls(feature_dim, hop, sample_rate, upsample_initial_channel=64, resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]])
+        raise ValueError(f"unknown vocoder size {size!r}; choose 'paper' or 'tiny'")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> VocoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown vocoder config field(s): {sorted(unknown)}")
+        return cls(**values)
+
+
+def upsample_factors_for(hop_length: int) -> list[int]:
+    """Split the hop into per-stage factors, largest first, none above 8 (HiFi-GAN's largest)."""
+    factors, rest = [], hop_length
+    while rest > 1:
+        factor = next((d for d in range(8, 1, -1) if rest % d == 0), None)
+        if factor is None:
+            raise ValueError(f"hop_length {hop_length} has a prime factor above 8; give upsample_factors explicitly")
+        factors.append(factor)
+        rest //= factor
+    return factors
+
+
+class Vocoder(nn.Module):
+    """features [B, F, D] -> wave [B, F * hop_length] in [-1, 1]."""
+
+    def __init__(self, config: VocoderConfig):
+        super().__init__()
+        from speechbrain.lobes.models.HifiGAN import HifiganGenerator
+
+        self.config = config
+        self.generator = HifiganGenerator(
+            in_channels=config.feature_dim,
+            out_channels=1,
+            resblock_type=config.resblock_type,
+            resblock_dilation_sizes=config.resblock_dilation_sizes,
+            resblock_kernel_sizes=config.resblock_kernel_sizes,
+            # kernel - stride must be even for the padding (k - u) // 2 to give exactly F * u samples
+            upsample_kernel_sizes=[2 * u if u % 2 == 0 else 2 * u + 1 for u in config.upsample_factors],
+            upsample_initial_channel=config.upsample_initial_channel,
+            upsample_factors=config.upsample_factors,
+        )
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.generator(features.transpose(1, 2)).squeeze(1)
