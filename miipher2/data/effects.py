@@ -184,8 +184,9 @@ def lowpass(wave: np.ndarray, sample_rate: int, cutoff_hz: float) -> np.ndarray:
 def _resampling_filter(up: int, down: int) -> np.ndarray:
     # scipy's default polyphase filter (10 taps per phase, Kaiser beta 5) leaks ~-40 dB past the new
     # Nyquist; 20 taps per phase, beta 8.6 and a cutoff at 0.9 x Nyquist keep that below -90 dB.
+    # (resample_poly scales a given filter by `up` itself.)
     wider = max(up, down)
-    return signal.firwin(2 * 20 * wider + 1, 0.9 / wider, window=("kaiser", 8.6)) * up
+    return signal.firwin(2 * 20 * wider + 1, 0.9 / wider, window=("kaiser", 8.6))
 
 
 def resample_round_trip(wave: np.ndarray, sample_rate: int, low_rate: int) -> np.ndarray:
