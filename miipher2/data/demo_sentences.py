@@ -1,0 +1,111 @@
+"""Native sentences spoken by espeak-ng for the demo corpus; the text becomes the transcript.
+
+Everyday prose of 10-20 words (4-7 s of speech each), written per language rather than
+translated word for word, so each language keeps its own rhythm and phoneme inventory.
+Keys are espeak-ng language codes (also the `language` column of the manifests).
+"""
+
+from __future__ import annotations
+
+SENTENCES: dict[str, tuple[str, ...]] = {
+    "en": (
+        "The old lighthouse keeper climbed the narrow stairs every evening to light the lamp before sunset.",
+        "We missed the last train home, so we shared a taxi with two students from the conference.",
+        "Please remember to water the tomatoes on the balcony while I am away next week.",
+        "The museum opens at nine, but the queue for the new exhibition starts much earlier.",
+        "After the storm, the whole village came out to clear the fallen branches from the road.",
+        "She wrote the recipe on a small card and pinned it to the kitchen wall.",
+        "Our neighbour plays the piano every Sunday morning, and nobody on the street seems to mind.",
+        "If the weather stays clear tomorrow, we will walk along the river to the old mill.",
+    ),
+    "de": (
+        "Am Samstag fahren wir mit dem Fahrrad zum See und machen dort ein Picknick.",
+        "Der Zug nach München hat heute leider wieder zwanzig Minuten Verspätung.",
+        "Meine Großmutter backt jeden Sonntag einen Apfelkuchen für die ganze Familie.",
+        "Kannst du mir bitte sagen, wo die nächste Apotheke ist? Ich habe starke Kopfschmerzen.",
+        "Im Winter wird es hier schon um vier Uhr nachmittags dunkel, und alle bleiben zu Hause.",
+        "Die Bibliothek in der Altstadt hat eine neue Abteilung für Kinderbücher eröffnet.",
+        "Wir haben die Wohnung renoviert und die Wände im Wohnzimmer hellblau gestrichen.",
+        "Nach dem Konzert haben wir noch lange im Café gesessen und über Musik geredet.",
+    ),
+    "fr": (
+        "Chaque matin, le boulanger du quartier prépare des croissants encore chauds pour les voisins.",
+        "Nous avons passé nos vacances dans un petit village au bord de la mer, en Bretagne.",
+        "Le musée sera fermé lundi prochain à cause des travaux de rénovation de la grande salle.",
+        "Pourriez-vous m'indiquer le chemin de la gare ? Je crois que je me suis perdu.",
+        "Ma sœur apprend le violon depuis trois ans et elle joue déjà dans un petit orchestre.",
+        "Il a plu toute la journée, alors nous sommes restés à la maison pour lire et jouer aux cartes.",
+        "Le marché du samedi attire beaucoup de monde, surtout quand les premières fraises arrivent.",
+        "Après le dîner, mon grand-père nous racontait des histoires de sa jeunesse à la campagne.",
+    ),
+    "es": (
+        "Todos los domingos comemos en casa de mis abuelos, que viven cerca del puerto.",
+        "El autobús de las ocho siempre va lleno, así que prefiero ir al trabajo en bicicleta.",
+        "Mañana por la tarde tenemos una reunión importante con los nuevos clientes de Valencia.",
+        "¿Sabes si la farmacia de la esquina abre los sábados por la mañana?",
+        "En verano hace tanto calor que la gente sale a pasear cuando ya se ha puesto el sol.",
+        "Mi hermano está aprendiendo a cocinar y ayer preparó una paella bastante buena.",
+        "La biblioteca municipal organiza talleres de lectura para niños durante las vacaciones.",
+        "Cuando terminó el concierto, todo el público se levantó para aplaudir a la orquesta.",
+    ),
+    "it": (
+        "Ogni mattina prendo un caffè al bar sotto casa prima di andare in ufficio.",
+        "Quest'estate abbiamo affittato una piccola casa in campagna vicino a Siena.",
+        "Il treno per Milano è in ritardo di mezz'ora a causa di un guasto sulla linea.",
+        "Scusi, sa dirmi a che ora chiude il museo? Vorrei vedere la mostra sul Rinascimento.",
+        "Mia nonna prepara la pasta fatta in casa ogni domenica per tutta la famiglia.",
+        "Dopo la pioggia, il cielo si è schiarito e abbiamo visto un arcobaleno sopra il lago.",
+        "I ragazzi giocano a calcio nel parco fino a quando non fa buio.",
+        "Il mercato del sabato è pieno di frutta fresca, formaggi e fiori di ogni colore.",
+    ),
+    "pt": (
+        "Todas as manhãs compro pão fresco na padaria da esquina antes de ir trabalhar.",
+        "No verão passado fomos de comboio até ao Porto e passeámos junto ao rio.",
+        "A minha avó tem um jardim cheio de flores e passa lá as tardes inteiras.",
+        "Podia dizer-me onde fica a estação de autocarros? Acho que me enganei no caminho.",
+        "Depois do jantar, ficámos na varanda a conversar até muito tarde.",
+        "A biblioteca da cidade vai abrir uma nova sala de leitura para as crianças.",
+        "Choveu durante toda a semana, por isso o jogo de futebol foi adiado.",
+        "O meu irmão está a aprender a tocar guitarra e ensaia todas as noites.",
+    ),
+    "nl": (
+        "Elke zaterdag fietsen we naar de markt om verse groenten en kaas te kopen.",
+        "De trein naar Amsterdam heeft vandaag een kwartier vertraging door een storing.",
+        "Mijn buurvrouw heeft een kleine hond die elke ochtend om zes uur begint te blaffen.",
+        "Kunt u mij vertellen hoe laat het museum vanavond sluit?",
+        "In de winter schaatsen de kinderen op de bevroren sloot achter ons huis.",
+        "We hebben het hele weekend de tuin opgeruimd en nieuwe bloemen geplant.",
+        "Na het concert zijn we nog lang in het café blijven praten over de muziek.",
+        "Het regende zo hard dat we besloten om thuis te blijven en een film te kijken.",
+    ),
+    "pl": (
+        "W każdą sobotę jeździmy rowerami nad jezioro i robimy tam piknik.",
+        "Pociąg do Krakowa ma dzisiaj dwadzieścia minut opóźnienia z powodu awarii.",
+        "Moja babcia piecze w niedzielę szarlotkę dla całej rodziny.",
+        "Czy może mi pan powiedzieć, gdzie jest najbliższa apteka?",
+        "Zimą robi się tu ciemno już o czwartej po południu i wszyscy siedzą w domu.",
+        "Biblioteka na starym mieście otworzyła nowy dział z książkami dla dzieci.",
+        "Po koncercie długo siedzieliśmy w kawiarni i rozmawialiśmy o muzyce.",
+        "Jeśli jutro będzie ładna pogoda, pójdziemy na spacer wzdłuż rzeki.",
+    ),
+    "sv": (
+        "Varje lördag cyklar vi till torget för att köpa färska grönsaker och bröd.",
+        "Tåget till Göteborg är tyvärr försenat med tjugo minuter på grund av ett fel.",
+        "Min mormor bakar kanelbullar varje söndag och bjuder hela familjen på fika.",
+        "Kan du säga mig var närmaste apotek ligger? Jag har fått ont i huvudet.",
+        "På vintern blir det mörkt redan klockan tre på eftermiddagen.",
+        "Biblioteket i gamla stan har öppnat en ny avdelning med barnböcker.",
+        "Efter konserten satt vi länge på kaféet och pratade om musiken.",
+        "Om vädret är fint i morgon ska vi promenera längs ån till den gamla kvarnen.",
+    ),
+    "ru": (
+        "Каждое утро я покупаю свежий хлеб в маленькой пекарне возле дома.",
+        "Поезд в Москву сегодня опаздывает на двадцать минут из-за плохой погоды.",
+        "Моя бабушка каждое воскресенье печёт пироги для всей семьи.",
+        "Скажите, пожалуйста, как пройти к ближайшей аптеке?",
+        "Зимой здесь темнеет уже в четыре часа, и все сидят дома.",
+        "В городской библиотеке открыли новый зал для детей и подростков.",
+        "После концерта мы долго сидели в кафе и разговаривали о музыке.",
+        "Если завтра будет хорошая погода, мы пойдём гулять вдоль реки.",
+    ),
+}
