@@ -99,6 +99,8 @@ def check_file(root: str | Path, ref: RowRef, config: ValidationConfig) -> list[
                 _check_samples(sound, config, fail)
     except (sf.LibsndfileError, RuntimeError) as err:
         fail("decode", _undecodable(file, err))
+    except OSError as err:  # permissions, I/O errors: this row fails, the others are still checked
+        fail("decode", f"cannot read the file: {err.strerror or err}")
     return failures
 
 
@@ -192,8 +194,11 @@ def _wav_truncation(file: Path) -> str | None:
 
 def _undecodable(file: Path, err: Exception) -> str:
     """Say what the file actually is, not only that libsndfile refused it."""
-    with open(file, "rb") as handle:
-        head = handle.read(512)
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(512)
+    except OSError as os_err:
+        return f"cannot read the file: {os_err.strerror or os_err}"
     if not head:
         return "the file is empty (0 bytes), not audio"
     reason = getattr(err, "error_string", None) or str(err)

@@ -130,13 +130,14 @@ class ValidationReport:
 def render_markdown(report: ValidationReport) -> str:
     status = "OK" if report.ok else "FAIL"
     per_split = ", ".join(f"{split} {n}" for split, n in report.rows.items())
+    manifest_level = sum(f.row is None for f in report.failures)
     lines = [
         f"# Dataset validation: {status}",
         "",
         f"- Dataset: `{report.root}`",
         f"- Rows checked: {report.rows_checked} ({per_split or 'no manifests read'})",
-        f"- Failures: {len(report.failures)} in {report.failed_rows} rows"
-        + (f" (+ {sum(f.row is None for f in report.failures)} manifest-level)" if any(f.row is None for f in report.failures) else ""),
+        f"- Failures: {len(report.failures)}: {len(report.failures) - manifest_level} in {report.failed_rows} rows, "
+        f"{manifest_level} of whole manifests",
         "",
         "## Failures per check",
         "",

@@ -68,7 +68,9 @@ def run_validate(args: argparse.Namespace) -> int:
     if report.ok:
         print("OK: every check passed")
     else:
-        print(f"FAIL: {len(report.failures)} failures in {report.failed_rows} rows")
+        manifest_level = sum(f.row is None for f in report.failures)
+        print(f"FAIL: {len(report.failures)} failures ({report.failed_rows} rows failed"
+              + (f", {manifest_level} whole-manifest failures)" if manifest_level else ")"))
     if args.drop_invalid:
         print(f"dropped {len(report.dropped)} rows; cleaned manifests: "
               + (", ".join(report.clean_manifests.values()) or "none"))

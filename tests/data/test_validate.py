@@ -81,6 +81,9 @@ def _build_bad_corpus(root: Path) -> dict[tuple[str, int], set[str]]:
     add(train, _row("parent", f"../{outside.name}", "train", "spk1"), {"unsafe_path"})
     add(train, _row("absolute", str(outside), "train", "spk1"), {"unsafe_path"})
     add(train, _row("missing", "clean/en/not_there.wav", "train", "spk1"), {"missing_file"})
+    (root / "clean/en/link.wav").symlink_to(outside)
+    add(train, _row("symlink", "clean/en/link.wav", "train", "spk1"), {"unsafe_path"})
+    add(train, _row("directory", "clean/en", "train", "spk1"), {"missing_file"})
 
     add(train, _row("silent", _wav(root, "silent", np.zeros(RATE, np.float32)), "train", "spk1"), {"silent"})
     add(train, _row("clipped", _wav(root, "clipped", np.clip(10 * _tone(), -1, 1)), "train", "spk1"), {"clipping"})
@@ -97,8 +100,10 @@ def _build_bad_corpus(root: Path) -> dict[tuple[str, int], set[str]]:
     add(val, bad_values, {"schema"})
     add(val, _row("wrong_split", _wav(root, "wrong_split", _tone()), "train", "spk2"), {"split_mismatch"})
 
-    test_rows = [_row("test_good", _wav(root, "test_good", _tone()), "test", "spk3")]
+    test_rows = [_row("test_good", _wav(root, "test_good", _tone()), "test", "spk3"),
+                 _row("test_silent", _wav(root, "test_silent", np.zeros(RATE, np.float32)), "test", "spk3")]
     expected[("test", 0)] = set()
+    expected[("test", 1)] = {"silent"}  # still found although the manifest lacks a column
 
     for split, rows in (("train", train), ("val", val)):
         write_manifest(pd.DataFrame(rows, columns=list(COLUMNS)), manifest_path(root, split))
@@ -145,6 +150,8 @@ def test_every_bad_row_gets_its_own_check_and_good_rows_pass(bad_corpus):
     ("train", "parent", "unsafe_path", "contains '..'"),
     ("train", "absolute", "unsafe_path", "absolute path"),
     ("train", "missing", "missing_file", "no file at 'clean/en/not_there.wav'"),
+    ("train", "symlink", "unsafe_path", "resolves outside the dataset root"),
+    ("train", "directory", "missing_file", "'clean/en' is not a regular file"),
     ("train", "silent", "silent", "peak -inf dBFS is below the silence threshold -60 dBFS"),
     ("train", "clipped", "clipping", "of samples at full scale"),
     ("train", "short", "duration", "0.050 s, outside [0.2, 60] s"),
@@ -168,20 +175,20 @@ def test_missing_column_is_a_manifest_level_failure(bad_corpus):
     [failure] = [f for f in report.failures if f.check == "missing_column"]
     assert failure.split == "test" and failure.row is None
     assert "manifest has no 'speaker' column" in failure.message
-    # The rows are still checked file by file: one missing column does not hide other faults.
-    assert report.rows["test"] == 1
+    assert report.rows["test"] == 2
+    assert [f.check for f in report.failures if f.split == "test" and f.row is not None] == ["silent"]
 
 
 def test_reports_are_written_and_parse(bad_corpus):
     root, expected, _, report = bad_corpus
     data = json.loads(Path(report.report_paths["json"]).read_text())
     assert data["ok"] is False
-    assert data["counts"]["unsafe_path"] == 2 and data["counts"]["truncated"] == 1
+    assert data["counts"]["unsafe_path"] == 3 and data["counts"]["truncated"] == 1
     assert sum(data["counts"].values()) == len(data["failures"]) == len(report.failures)
     assert {"utt_id", "split", "path", "check", "message", "row"} <= set(data["failures"][0])
     markdown = Path(report.report_paths["markdown"]).read_text()
     assert markdown.startswith("# Dataset validation: FAIL")
-    assert "| unsafe_path | 2 |" in markdown
+    assert "| unsafe_path | 3 |" in markdown
     assert "| train | 10 | parent | ../" in markdown  # a failing row with its index, id and path
     assert report.to_json() == Path(report.report_paths["json"]).read_text()
 
@@ -200,7 +207,7 @@ def test_drop_invalid_keeps_only_good_rows_and_lists_every_drop(bad_corpus):
     assert len(report.dropped) + len(train) + len(val) == read_rows  # nothing vanished silently
     dropped = {(d.split, d.utt_id, d.row): d.checks for d in report.dropped}
     assert dropped[("train", "parent", 10)] == ("unsafe_path",)
-    assert dropped[("train", "good_a", 17)] == ("duplicate_utt_id", "duplicate_path")
+    assert dropped[("train", "good_a", 19)] == ("duplicate_utt_id", "duplicate_path")
     markdown = report.to_markdown()
     assert "## Dropped rows (--drop-invalid)" in markdown and "| train | 10 | parent |" in markdown
     assert "no cleaned manifest for test" in markdown
@@ -247,7 +254,7 @@ def test_cli_exit_codes_and_summary(tmp_path, capsys):
     report_dir = tmp_path / "reports"
     assert main(["validate", str(bad), "--report-dir", str(report_dir), "--drop-invalid"]) == 1
     out = capsys.readouterr().out
-    assert "decode" in out and "FAIL: 1 failures in 1 rows" in out and "dropped 1 rows" in out
+    assert "decode" in out and "FAIL: 1 failures (1 rows failed)" in out and "dropped 1 rows" in out
     assert (report_dir / "validation.md").exists()
     assert list(read_manifest(clean_manifest_path(bad, "val"))["utt_id"]) == ["val1", "val2"]
 
@@ -260,4 +267,7 @@ def test_config_limits_are_honoured(tmp_path):
     write_manifest(pd.DataFrame(rows), manifest_path(root, "train"))
     assert {f.check for f in validate_dataset(root, splits=["train"]).failures} == {"sample_rate"}
     assert validate_dataset(root, splits=["train"], config=ValidationConfig(sample_rate=None)).ok
+    # Same data, same report bytes: the JSON can be versioned with the dataset.
+    first = validate_dataset(root, report_dir=tmp_path / "r1").to_json()
+    assert first == validate_dataset(root, report_dir=tmp_path / "r2").to_json()
     assert main(["validate", str(root), "--splits", "train", "--sample-rate", "0"]) == 0
