@@ -29,12 +29,12 @@ FORMATS_BY_EXTENSION = {
 
 # Leading bytes of common files libsndfile cannot read, to say what a file is instead.
 _SIGNATURES = (
-    (b"\x1aE\xdf\xa3", "Matroska/WebM"),
-    (b"PK\x03\x04", "ZIP archive"),
-    (b"%PDF", "PDF document"),
-    (b"\x89PNG", "PNG image"),
-    (b"\xff\xd8\xff", "JPEG image"),
-    (b"ID3", "MP3 (ID3 tag)"),
+    (b"\x1aE\xdf\xa3", "a Matroska/WebM container"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"%PDF", "a PDF document"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"ID3", "MP3 with an ID3 tag, but corrupt"),
 )
 
 _BLOCK_FRAMES = 1 << 18
@@ -72,6 +72,7 @@ class RowRef:
 
 
 def check_file(root: str | Path, ref: RowRef, config: ValidationConfig) -> list[Failure]:
+    """Every failure of this row's file; an empty list means the file is fit for training."""
     failures: list[Failure] = []
 
     def fail(check: str, message: str) -> None:
@@ -204,7 +205,7 @@ def _undecodable(file: Path, err: Exception) -> str:
     reason = getattr(err, "error_string", None) or str(err)
     for magic, kind in _SIGNATURES:
         if head.startswith(magic):
-            return f"not decodable audio: the file is a {kind} ({reason})"
+            return f"not decodable audio: the file looks like {kind} ({reason})"
     if head[4:8] == b"ftyp":
         return f"not decodable audio: the file is an MP4/M4A container, which libsndfile cannot read ({reason})"
     if head[:4] in (b"RIFF", b"RIFX"):
@@ -220,12 +221,10 @@ def _as_text(head: bytes) -> str | None:
         return None
     try:
         decoded = head.decode("utf-8")
-    except UnicodeDecodeError:
-        # The 512-byte cut may split a character; the rest must still be text.
-        try:
-            decoded = head[:-3].decode("utf-8")
-        except UnicodeDecodeError:
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # invalid bytes, not just a character cut by the 512-byte read
             return None
+        decoded = head[: err.start].decode("utf-8")
     printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in decoded)
     if printable < 0.95 * len(decoded):
         return None

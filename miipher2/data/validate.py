@@ -6,8 +6,8 @@
 Three layers of checks, all reported in one ValidationReport:
   1. the manifest schema (pandera, `schema.py`): columns, types, values;
   2. rows against each other: duplicate utt_id / path (within and across splits), a speaker in two splits;
-  3. each row's audio file (`file_checks.py`), checked in a small thread pool: libsndfile releases
-     the GIL while it reads and decodes, so threads overlap I/O and decoding.
+  3. each row's audio file (`file_checks.py`), checked in a small thread pool: soundfile's cffi
+     calls release the GIL, so threads overlap reads (a win on cold or network storage).
 
 `drop_invalid` writes `manifests/{split}.clean.csv` beside the originals (which are never
 touched) holding only the rows that passed every check; the report lists each dropped row.

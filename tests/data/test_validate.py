@@ -56,6 +56,13 @@ def _build_bad_corpus(root: Path) -> dict[tuple[str, int], set[str]]:
     (root / "clean/en/text.wav").write_text("hello, this is a text file and not audio\n")
     add(train, _row("text", "clean/en/text.wav", "train", "spk1"), {"decode"})
 
+    (root / "clean/en/image.wav").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    add(train, _row("image", "clean/en/image.wav", "train", "spk1"), {"decode"})
+    (root / "clean/en/riff.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(64))
+    add(train, _row("riff", "clean/en/riff.wav", "train", "spk1"), {"decode"})
+    (root / "clean/en/utf8.wav").write_bytes(("x" + "é" * 300).encode())  # the 512-byte read cuts a character
+    add(train, _row("utf8", "clean/en/utf8.wav", "train", "spk1"), {"decode"})
+
     (root / "clean/en/empty.wav").write_bytes(b"")
     add(train, _row("empty", "clean/en/empty.wav", "train", "spk1"), {"decode"})
 
@@ -141,6 +148,9 @@ def test_every_bad_row_gets_its_own_check_and_good_rows_pass(bad_corpus):
     ("train", "truncated", "metadata_mismatch", "duration_s=1 but the file lasts 0.499 s"),
     ("train", "text", "decode", "not audio: the file is text, starting 'hello, this is a text file and not audi"),
     ("train", "empty", "decode", "the file is empty (0 bytes)"),
+    ("train", "image", "decode", "not decodable audio: the file looks like a PNG image"),
+    ("train", "riff", "decode", "a RIFF header libsndfile cannot decode"),
+    ("train", "utf8", "decode", "not audio: the file is text, starting 'xééé"),
     ("train", "zero", "empty_audio", "0 samples"),
     ("train", "nan", "non_finite", "10 NaN/Inf samples of 16000 (first at 0.250 s)"),
     ("train", "eight_bit", "subtype", "sample encoding PCM_U8 (Unsigned 8 bit PCM) is not accepted"),
@@ -189,7 +199,7 @@ def test_reports_are_written_and_parse(bad_corpus):
     markdown = Path(report.report_paths["markdown"]).read_text()
     assert markdown.startswith("# Dataset validation: FAIL")
     assert "| unsafe_path | 3 |" in markdown
-    assert "| train | 10 | parent | ../" in markdown  # a failing row with its index, id and path
+    assert "| train | 13 | parent | ../" in markdown  # a failing row with its index, id and path
     assert report.to_json() == Path(report.report_paths["json"]).read_text()
 
 
@@ -206,10 +216,10 @@ def test_drop_invalid_keeps_only_good_rows_and_lists_every_drop(bad_corpus):
     read_rows = sum(report.rows[s] for s in ("train", "val"))
     assert len(report.dropped) + len(train) + len(val) == read_rows  # nothing vanished silently
     dropped = {(d.split, d.utt_id, d.row): d.checks for d in report.dropped}
-    assert dropped[("train", "parent", 10)] == ("unsafe_path",)
-    assert dropped[("train", "good_a", 19)] == ("duplicate_utt_id", "duplicate_path")
+    assert dropped[("train", "parent", 13)] == ("unsafe_path",)
+    assert dropped[("train", "good_a", 22)] == ("duplicate_utt_id", "duplicate_path")
     markdown = report.to_markdown()
-    assert "## Dropped rows (--drop-invalid)" in markdown and "| train | 10 | parent |" in markdown
+    assert "## Dropped rows (--drop-invalid)" in markdown and "| train | 13 | parent |" in markdown
     assert "no cleaned manifest for test" in markdown
 
 
