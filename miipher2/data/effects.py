@@ -246,14 +246,15 @@ class Codec:
     subtype: str
     rates: tuple[int, ...] | None  # sample rates the encoder accepts; None = any
     compressible: bool  # takes libsndfile's compression_level (0 = best quality, 1 = smallest)
+    memoryless: bool = False  # sample-by-sample companding: no delay, nothing to realign
 
 
 CODECS: dict[str, Codec] = {
     "mp3": Codec("MP3", "MPEG_LAYER_III", (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000), True),
     "vorbis": Codec("OGG", "VORBIS", None, True),
     "opus": Codec("OGG", "OPUS", (8000, 12000, 16000, 24000, 48000), True),
-    "alaw": Codec("WAV", "ALAW", None, False),
-    "mulaw": Codec("WAV", "ULAW", None, False),
+    "alaw": Codec("WAV", "ALAW", None, False, memoryless=True),
+    "mulaw": Codec("WAV", "ULAW", None, False, memoryless=True),
 }
 MP3_BITRATE_MODES = ("CONSTANT", "AVERAGE", "VARIABLE")
 MAX_CODEC_LAG_S = 0.25  # encoder priming/padding far beyond any real codec's (LAME: ~70 ms)
@@ -295,6 +296,8 @@ def codec_round_trip(wave: np.ndarray, sample_rate: int, codec: str, compression
     decoded, _ = sf.read(buffer, dtype="float32", always_2d=False)
     if rate != sample_rate:
         decoded = resample(decoded, rate, sample_rate)
+    elif spec.memoryless:
+        return _fit_length(decoded, len(wave)), kbps
     return align_to(decoded, wave, int(MAX_CODEC_LAG_S * sample_rate)), kbps
 
 
