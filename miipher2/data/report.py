@@ -26,7 +26,7 @@ CHECKS: dict[str, str] = {
     "duplicate_path": "the audio file is already listed by an earlier row (any split)",
     "speaker_in_multiple_splits": "the speaker also appears in an earlier split (splits must be speaker-disjoint)",
     "unsafe_path": "the path is absolute, contains '..' or escapes the dataset root",
-    "missing_file": "the audio file does not exist",
+    "missing_file": "the audio file does not exist or is not a regular file",
     "decode": "the file cannot be decoded as audio",
     "format_mismatch": "the file's content is not the format its extension claims",
     "truncated": "the WAV header declares more sample data than the file holds",
