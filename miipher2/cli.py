@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "miipher2.data.validate_commands",
     "miipher2.data.commands",
+    "miipher2.pipeline_commands",
 )
 
 
