@@ -228,10 +228,15 @@ def test_missing_and_unreadable_manifests(tmp_path):
     rows = [_row("a", _wav(root, "a", _tone()), "train", "s1")]
     write_manifest(pd.DataFrame(rows), manifest_path(root, "train"))
     manifest_path(root, "val").write_text('utt_id,path\n"unterminated,x\n')
-    report = validate_dataset(root)
+    clean_manifest_path(root, "val").write_text("left over from an earlier run\n")
+    report = validate_dataset(root, drop_invalid=True)
     checks = {(f.split, f.check) for f in report.failures}
     assert checks == {("val", "unreadable_manifest"), ("test", "missing_manifest")}
     assert report.rows == {"train": 1}
+    assert not clean_manifest_path(root, "val").exists()  # a stale cleaned copy would mislead
+    assert "removed the stale val.clean.csv" in report.not_cleaned["val"]
+    assert report.not_cleaned["test"].startswith("missing_manifest: no manifest at")
+    assert list(read_manifest(clean_manifest_path(root, "train"))["utt_id"]) == ["a"]
 
 
 def test_typed_manifest_from_read_manifest_passes_the_schema(tmp_path):
