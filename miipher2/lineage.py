@@ -1,0 +1,104 @@
+"""Lineage: the facts that tie one pipeline run's MLflow runs to the code and the data they used.
+
+A pipeline run has one MLflow parent run; each step logs into a child run of it. Every one of
+those runs carries the same tags (`Lineage.tags`): git commit, dataset revision and `data.dvc`
+md5, KFP run id, backbone preset. The validate step builds the `Lineage`, opens the parent run
+and stores the lineage in its Dataset artifact's metadata; every later step reads it back from
+the artifact it consumes, so lineage travels with the data instead of through ad-hoc parameters.
+
+This module knows nothing about KFP: a notebook can use `step_run` just as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from miipher2.tracking import Tracker, tracked_run
+
+# Baked into the pipeline image at build time (infra/image/Dockerfile), where there is no .git.
+GIT_COMMIT_ENV = "MIIPHER2_GIT_COMMIT"
+_METADATA_PREFIX = "lineage."
+
+
+def git_commit(repo: str | os.PathLike | None = None) -> str:
+    """The code's commit: the image's baked-in value, else `git rev-parse HEAD` (+`-dirty`), else 'unknown'."""
+    baked = os.environ.get(GIT_COMMIT_ENV)
+    if baked:
+        return baked
+    where = Path(repo) if repo else Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        # Tracked files only: untracked scratch files don't change what the code does.
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+@dataclass(frozen=True)
+class Lineage:
+    git_commit: str
+    dataset_revision: str
+    dataset_md5: str
+    kfp_run_id: str
+    backbone: str
+    experiment: str
+    parent_run_id: str = ""  # empty while tracking is off (no tracking URI) or before the parent exists
+
+    def tags(self) -> dict[str, str]:
+        """The tags every run of the pipeline carries; `mlflow.source.git.commit` is what the UI shows."""
+        return {
+            "git_commit": self.git_commit,
+            "mlflow.source.git.commit": self.git_commit,
+            "dataset_revision": self.dataset_revision,
+            "dataset_md5": self.dataset_md5,
+            "kfp_run_id": self.kfp_run_id,
+            "backbone": self.backbone,
+        }
+
+    def to_metadata(self) -> dict[str, str]:
+        return {_METADATA_PREFIX + k: str(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> "Lineage":
+        """Read back what `to_metadata` stored in an artifact's metadata; names what is missing."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if _METADATA_PREFIX + n not in metadata and n != "parent_run_id"]
+        if missing:
+            raise ValueError(f"artifact metadata lacks lineage fields {missing}: was it produced by the validate step?")
+        return cls(**{n: str(metadata.get(_METADATA_PREFIX + n, "")) for n in names})
+
+
+def start_pipeline_run(lineage: Lineage, run_name: str, params: Mapping[str, Any] | None = None) -> Lineage:
+    """Open the pipeline's MLflow parent run; returns the lineage with its run id (empty when tracking is off).
+
+    The parent run is closed right away: it is a folder for the step runs and the place the last
+    step reports headline metrics to (`step_run(..., into_parent=True)`), not a process.
+    """
+    with tracked_run(run_name, experiment=lineage.experiment, tags={**lineage.tags(), "pipeline_step": "pipeline"},
+                     system_metrics=False) as tracker:
+        tracker.log_params(params or {})
+        return dataclasses.replace(lineage, parent_run_id=tracker.run_id or "")
+
+
+@contextlib.contextmanager
+def step_run(step: str, lineage: Lineage, *, into_parent: bool = False) -> Iterator[Tracker]:
+    """A child run of the pipeline's parent run, tagged with the lineage; or the parent itself (`into_parent`)."""
+    tags = {**lineage.tags(), "pipeline_step": step}
+    parent = lineage.parent_run_id or None
+    if into_parent and parent:
+        with tracked_run(step, run_id=parent, system_metrics=False) as tracker:
+            yield tracker
+        return
+    with tracked_run(step, experiment=None if parent else lineage.experiment, parent_run_id=parent,
+                     tags=tags) as tracker:
+        yield tracker

@@ -1,0 +1,155 @@
+"""`miipher2 pipeline compile | submit | run --local`: the training pipeline from the command line.
+
+    miipher2 pipeline compile -o training.yaml
+    miipher2 pipeline submit --host https://kfp.example.com --dvc-repo https://github.com/org/miipher2
+    miipher2 pipeline run --local                  # the demo: demo corpus, demo-cpu preset, local MLflow
+
+`run --local` without `--dvc-repo` uses this repository's `data.dvc` (building or pulling the
+demo corpus first when needed), a SQLite MLflow store at `<repo>/mlflow.db` unless
+MLFLOW_TRACKING_URI is set, and puts everything it writes under `<repo>/outputs/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DEMO_PRESET = "demo-cpu"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("pipeline", help="compile, submit or locally run the Kubeflow training pipeline",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    compile_ = actions.add_parser("compile", help="write the compiled pipeline (KFP IR YAML)")
+    compile_.add_argument("-o", "--output", default="training.yaml", help="output file (default: %(default)s)")
+    compile_.add_argument("--no-cluster", action="store_true",
+                          help="leave out the Kubernetes settings (GPUs, Secrets, volumes, retries)")
+    compile_.set_defaults(func=_compile)
+
+    submit = actions.add_parser("submit", help="start a run on a Kubeflow Pipelines endpoint")
+    submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+    submit.add_argument("--token", default=None,
+                        help="bearer token for the KFP API (default: $KFP_TOKEN; prefer the variable, "
+                             "command lines are visible to other users)")
+    submit.add_argument("--kfp-experiment", default=None, help="KFP experiment to file the run under")
+    submit.add_argument("--run-name", default=None)
+    _add_pipeline_parameters(submit, local=False)
+    submit.set_defaults(func=_submit)
+
+    run = actions.add_parser("run", help="run the pipeline on this machine (KFP local runner)")
+    run.add_argument("--local", action="store_true", required=True,
+                     help="required: run with KFP's local SubprocessRunner in this Python environment")
+    run.add_argument("--output-dir", default=None, help="where runs, workspace and reports go (default: <repo>/outputs)")
+    _add_pipeline_parameters(run, local=True)
+    run.set_defaults(func=_run_local)
+
+
+def _add_pipeline_parameters(parser: argparse.ArgumentParser, local: bool) -> None:
+    group = parser.add_argument_group("pipeline parameters")
+    group.add_argument("--dvc-repo", required=not local,
+                       help="git repository holding data.dvc (URL or path)" + (" (default: this repository)" if local else ""))
+    group.add_argument("--dataset-revision", default="HEAD" if local else "main",
+                       help="git revision of data.dvc (default: %(default)s)")
+    group.add_argument("--dvc-remote", default="", help="DVC remote name (default: the repository's default remote)")
+    group.add_argument("--training-preset", default=DEMO_PRESET if local else "paper",
+                       help="training preset or YAML file (default: %(default)s)")
+    group.add_argument("--backbone", default="", help="backbone preset (default: the training preset's)")
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="training config override, e.g. --set stage1.steps=100 (repeatable)")
+    group.add_argument("--experiment", default="miipher2-training", help="MLflow experiment (default: %(default)s)")
+    group.add_argument("--model-name", default="miipher2", help="registered model name (default: %(default)s)")
+    group.add_argument("--eval-split", default="test", help="evaluation split (default: %(default)s)")
+    group.add_argument("--eval-max-utterances", type=int, default=0, help="cap on evaluated utterances (0: all)")
+    if not local:
+        group.add_argument("--workspace", default=None, help="workspace path in the pods (default: the PVC mount)")
+
+
+def _pipeline_params(args: argparse.Namespace) -> dict:
+    params = {
+        "dvc_repo": args.dvc_repo, "dataset_revision": args.dataset_revision, "dvc_remote": args.dvc_remote,
+        "training_preset": args.training_preset, "backbone": args.backbone, "overrides": list(args.overrides),
+        "experiment": args.experiment, "model_name": args.model_name, "eval_split": args.eval_split,
+        "eval_max_utterances": args.eval_max_utterances,
+    }
+    if getattr(args, "workspace", None):
+        params["workspace"] = args.workspace
+    return params
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from pipelines.run import compile_pipeline
+
+    cluster = None
+    if not args.no_cluster:
+        from pipelines.training import ClusterConfig
+
+        cluster = ClusterConfig()
+    path = compile_pipeline(args.output, cluster)
+    print(f"compiled pipeline written to {path}")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pipelines.run import submit
+
+    token = args.token or os.environ.get("KFP_TOKEN") or None
+    run_id = submit(args.host, _pipeline_params(args), token=token, experiment=args.kfp_experiment,
+                    run_name=args.run_name)
+    print(f"submitted run {run_id} to {args.host}")
+    return 0
+
+
+def _run_local(args: argparse.Namespace) -> int:
+    from pipelines.run import run_local
+
+    repo = _repo_root()
+    out = Path(args.output_dir or repo / "outputs").absolute()
+    if args.dvc_repo is None:
+        from miipher2.data.versioning import ensure_demo_dataset
+
+        args.dvc_repo = str(repo)
+        print(f"demo dataset: {ensure_demo_dataset(repo)}")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
+    params = _pipeline_params(args)
+    params["workspace"] = str(out / "workspace")
+    result = run_local(params, out / "kfp")
+    _print_summary(result, os.environ["MLFLOW_TRACKING_URI"])
+    return 0 if result.ok else 1
+
+
+def _print_summary(result, tracking_uri: str) -> None:
+    print()
+    print(f"pipeline run folder: {result.run_dir}")
+    print(f"wall time {result.wall_s:.0f} s; inside the steps {sum(result.step_seconds.values()):.0f} s; "
+          f"KFP overhead {result.kfp_overhead_s:.0f} s ({100 * result.kfp_overhead_s / max(result.wall_s, 1e-9):.0f}%)")
+    validation = result.artifact("validate-data", "report")
+    if validation:
+        print(f"validation report: {validation}")
+    if result.valid is False:
+        print("the dataset failed validation: nothing was trained or registered (see the report above)")
+    report = result.artifact("evaluate", "report_html")
+    if report:
+        print(f"evaluation report: {report}")
+    registered = result.outputs.get("register", {}).get("parameterValues", {})
+    if registered:
+        print(f"registered model: {registered.get('model_name')} version {registered.get('version')} (alias challenger)")
+    if not result.ok and result.valid is not False:
+        print("the pipeline failed; see the step logs above", file=sys.stderr)
+    if tracking_uri.startswith(("sqlite:", "postgresql:", "mysql:")):
+        print(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri}")
+    else:
+        print(f"MLflow tracking server: {tracking_uri}")
+
+
+def _repo_root() -> Path:
+    """The git work tree we are run from (for data.dvc), else the current directory."""
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
+        return Path(top.stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return Path.cwd()
