@@ -8,7 +8,8 @@ from pathlib import Path
 from miipher2.data.file_checks import ValidationConfig
 from miipher2.data.manifest import SPLITS
 
-DEFAULT_REPORT_SUBDIR = "reports"
+# Outside the dataset: writing into a DVC-tracked root would change its hash.
+DEFAULT_REPORT_DIR = Path("reports") / "validation"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", type=Path, help="dataset root holding manifests/")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), metavar="SPLIT", help="splits to check (default: %(default)s)")
     parser.add_argument("--report-dir", type=Path, default=None,
-                        help=f"where validation.json and validation.md go (default: DATASET_DIR/{DEFAULT_REPORT_SUBDIR})")
+                        help=f"where validation.json and validation.md go (default: ./{DEFAULT_REPORT_DIR})")
     parser.add_argument("--drop-invalid", action="store_true",
                         help="write manifests/{split}.clean.csv with only the rows that passed (originals untouched)")
     parser.add_argument("--workers", type=int, default=None, help="files checked in parallel (default: min(4, CPUs))")
@@ -56,7 +57,7 @@ def run_validate(args: argparse.Namespace) -> int:
         silence_dbfs=args.silence_dbfs,
         max_clipped_ratio=args.max_clipped_ratio,
     )
-    report_dir = args.report_dir if args.report_dir is not None else root / DEFAULT_REPORT_SUBDIR
+    report_dir = args.report_dir if args.report_dir is not None else DEFAULT_REPORT_DIR
     report = validate_dataset(root, splits=args.splits, config=config, report_dir=report_dir,
                               drop_invalid=args.drop_invalid, workers=args.workers)
 

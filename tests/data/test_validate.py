@@ -254,14 +254,15 @@ def _good_corpus(root: Path) -> None:
         write_manifest(pd.DataFrame(rows), manifest_path(root, split))
 
 
-def test_cli_exit_codes_and_summary(tmp_path, capsys):
+def test_cli_exit_codes_and_summary(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     good = tmp_path / "good"
     _good_corpus(good)
     assert main(["validate", str(good)]) == 0
     out = capsys.readouterr().out
     assert "checked 9 rows (train 3, val 3, test 3)" in out and "OK: every check passed" in out
-    assert f"report: {good / 'reports' / 'validation.md'}" in out
-    assert json.loads((good / "reports" / "validation.json").read_text())["ok"] is True
+    assert "report: reports/validation/validation.md" in out  # outside the DVC-tracked dataset
+    assert json.loads((tmp_path / "reports/validation/validation.json").read_text())["ok"] is True
 
     bad = tmp_path / "bad"
     shutil.copytree(good, bad)
