@@ -1,0 +1,231 @@
+"""The dataset under DVC: read any git revision of it, pull, push, and keep the demo in sync.
+
+`data.dvc` pins `data/` by DVC's directory hash (`<md5>.dir`). Everything here goes through DVC
+(`DVCFileSystem`, `dvc.repo.Repo`), so a revision is read from DVC's cache or remote exactly as
+recorded at that commit, never from whatever happens to sit in the working copy.
+
+    info = fetch_dataset(".", rev="v1.0", dest="/tmp/data-v1")   # download + verify every file
+    info.md5           # '2f6c...dir': the version, as recorded in data.dvc at v1.0
+    info.files         # {'manifests/train.csv': '9a1b...', ...}: per-file md5s
+    dataset_md5("https://github.com/org/miipher2", rev="main")   # the version only, no download
+
+Remotes and credentials: see docs/data.md (credentials only from the environment or
+`.dvc/config.local`, never from committed config or from function arguments that get logged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+DATASET_PATH = "data"  # the tracked directory, relative to the repository root
+CHUNK = 1 << 20
+
+
+class DatasetVersionError(RuntimeError):
+    """A dataset revision cannot be read, or what was read does not match its recorded hashes."""
+
+
+class DeterminismError(DatasetVersionError):
+    """A rebuilt demo corpus differs from the version pinned in data.dvc."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset revision materialised on local disk.
+
+    path:  local directory holding the dataset's files.
+    md5:   DVC's hash of the whole directory as recorded in the `.dvc` file (`<md5>.dir`);
+           equal md5 means equal bytes in every file.
+    files: relative POSIX path -> md5 of that file, as recorded by DVC and verified on disk.
+    rev:   the git revision it was read at (None: the workspace's HEAD state).
+    """
+
+    path: Path
+    md5: str
+    files: dict[str, str]
+    rev: str | None = None
+
+
+def dataset_filesystem(repo: str | os.PathLike, rev: str | None = None, remote: str | None = None,
+                       remote_config: dict[str, Any] | None = None):
+    """A `DVCFileSystem` over `repo` (local path or git URL) at `rev`.
+
+    `remote` picks a named remote instead of the default; `remote_config` overrides its settings
+    (e.g. `{"endpointurl": ...}`). Keep credentials out of `remote_config` when its values could
+    be logged: DVC/boto read AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the environment.
+    """
+    from dvc.api import DVCFileSystem
+
+    try:
+        return DVCFileSystem(str(repo), rev=rev, remote=remote, remote_config=remote_config)
+    except Exception as err:  # dvc/scmrepo raise many kinds; all mean "cannot open this revision"
+        raise DatasetVersionError(f"cannot open DVC repository {repo!r} at revision {rev!r}: {err}") from err
+
+
+def dataset_md5(repo: str | os.PathLike, rev: str | None = None, path: str = DATASET_PATH,
+                remote: str | None = None) -> str:
+    """DVC's directory hash of `path` as recorded at `rev` (no data is downloaded)."""
+    fs = dataset_filesystem(repo, rev, remote)
+    return _recorded_md5(fs, repo, rev, path)
+
+
+def fetch_dataset(repo: str | os.PathLike, rev: str | None, dest: str | os.PathLike, remote: str | None = None,
+                  remote_config: dict[str, Any] | None = None, path: str = DATASET_PATH) -> DatasetInfo:
+    """Materialise `path` of `repo` at `rev` into `dest` and verify every file's md5.
+
+    Data comes through DVC: from the repository's cache when it has the objects, else from
+    `remote` (or the default remote). `dest` is replaced whole only after verification; when
+    it already holds exactly this version nothing is downloaded.
+    """
+    fs = dataset_filesystem(repo, rev, remote, remote_config)
+    md5 = _recorded_md5(fs, repo, rev, path)
+    expected = {PurePosixPath(name).relative_to(path).as_posix(): info["md5"]
+                for name, info in fs.find(path, detail=True).items()}
+    dest = Path(dest).absolute()
+    if dest.is_dir() and _mismatches(dest, expected) == []:
+        return DatasetInfo(dest, md5, expected, rev)
+    staging = dest.parent / f".{dest.name}.fetching-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        try:
+            fs.get(path, str(staging), recursive=True)
+        except Exception as err:
+            raise DatasetVersionError(f"cannot download {path!r} of {repo!r} at {rev!r} from remote "
+                                      f"{remote or '(default)'}: {err}") from err
+        bad = _mismatches(staging, expected)
+        if bad:
+            raise DatasetVersionError(f"{len(bad)} file(s) of {path!r} at {rev!r} do not match their DVC hashes: "
+                                      + ", ".join(bad[:10]))
+        retired = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        if dest.exists():
+            os.replace(dest, retired)
+        os.replace(staging, dest)
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return DatasetInfo(dest, md5, expected, rev)
+
+
+def file_hashes(root: str | os.PathLike) -> dict[str, str]:
+    """md5 of every file under `root`, keyed by sorted relative POSIX path (DVC's per-file hash)."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): _md5(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- workspace operations
+
+def workspace_md5(repo_root: str | os.PathLike, dvcfile: str = f"{DATASET_PATH}.dvc") -> tuple[str, str | None]:
+    """(recorded, actual): the hash in `dvcfile` and the hash of the workspace copy (None: absent).
+
+    DVC's state database remembers file hashes by inode/mtime, so a second call is fast.
+    """
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(repo_root)) as repo:
+            outs = [out for stage in repo.stage.collect(_inside(repo_root, dvcfile)) for out in stage.outs]
+            if len(outs) != 1:
+                raise DatasetVersionError(f"{dvcfile} in {repo_root} should track exactly one output, found {len(outs)}")
+            recorded = outs[0].hash_info.value
+            actual = outs[0].get_hash().value if Path(outs[0].fs_path).exists() else None
+    except DatasetVersionError:
+        raise
+    except Exception as err:
+        raise DatasetVersionError(f"cannot read {dvcfile} in {repo_root}: {err}") from err
+    return recorded, actual
+
+
+def pull(repo_root: str | os.PathLike, remote: str | None = None, dvcfile: str = f"{DATASET_PATH}.dvc") -> None:
+    """`dvc pull` of one tracked output from `remote` (default remote when None)."""
+    _run_dvc(repo_root, "pull", targets=[_inside(repo_root, dvcfile)], remote=remote)
+
+
+def push(repo_root: str | os.PathLike, remote: str | None = None, dvcfile: str = f"{DATASET_PATH}.dvc") -> None:
+    """`dvc push` of one tracked output (which must be in the cache) to `remote`."""
+    _run_dvc(repo_root, "push", targets=[_inside(repo_root, dvcfile)], remote=remote)
+
+
+def ensure_demo_dataset(repo_root: str | os.PathLike, remote: str | None = None, config=None) -> str:
+    """Make `<repo_root>/data` hold exactly the demo corpus pinned in `data.dvc`; say what was done.
+
+    1. data/ already matches data.dvc: nothing to do ("up to date").
+    2. The remote has it: `dvc pull` ("pulled").
+    3. Otherwise (a fresh clone with no remote copy): build the corpus, check its hash equals
+       data.dvc (the build is deterministic; if not, raise `DeterminismError`), cache it and push
+       it to the remote so the next machine can pull ("built and pushed").
+    """
+    from miipher2.data.demo import build_demo
+
+    repo_root = Path(repo_root)
+    recorded, actual = workspace_md5(repo_root)
+    if actual == recorded:
+        return "up to date"
+    try:
+        pull(repo_root, remote)
+    except DatasetVersionError:
+        pass  # not on the remote (e.g. a fresh machine's local remote): build it instead
+    else:
+        if workspace_md5(repo_root)[1] == recorded:
+            return "pulled"
+    build_demo(repo_root / DATASET_PATH, config)
+    actual = workspace_md5(repo_root)[1]
+    if actual != recorded:
+        raise DeterminismError(
+            f"the rebuilt demo corpus has DVC hash {actual}, but data.dvc pins {recorded}. The build is meant "
+            "to be byte-for-byte deterministic: either the builder, the degradation code or a library version "
+            "changed what it writes (then rebuild on purpose: `miipher2 data build-demo && dvc add data && "
+            "dvc push` and commit data.dvc), or something in it became nondeterministic (a bug to fix).")
+    _run_dvc(repo_root, "commit", target=_inside(repo_root, f"{DATASET_PATH}.dvc"), force=True)  # into the cache, data.dvc unchanged
+    push(repo_root, remote)
+    return "built and pushed"
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _recorded_md5(fs, repo, rev, path: str) -> str:
+    try:
+        info = fs.info(path)
+    except FileNotFoundError as err:
+        raise DatasetVersionError(f"{path!r} is not in {repo!r} at revision {rev!r}") from err
+    except Exception as err:  # the filesystem opens lazily: unknown revisions surface here
+        raise DatasetVersionError(f"cannot read {path!r} of {repo!r} at revision {rev!r}: {err}") from err
+    md5 = info.get("dvc_info", {}).get("md5")
+    if not md5 or info["type"] != "directory":
+        raise DatasetVersionError(f"{path!r} in {repo!r} at revision {rev!r} is not a DVC-tracked directory")
+    return md5
+
+
+def _mismatches(root: Path, expected: dict[str, str]) -> list[str]:
+    """Relative paths that are missing, extra or differ from `expected` (empty list: identical)."""
+    actual = file_hashes(root)
+    names = sorted(set(actual) | set(expected))
+    return [name for name in names if actual.get(name) != expected.get(name)]
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _inside(repo_root, relative: str) -> str:
+    """DVC resolves targets against the process's working directory; pin them to the repo."""
+    return str(Path(repo_root).absolute() / relative)
+
+
+def _run_dvc(repo_root, command: str, **kwargs) -> None:
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(repo_root)) as repo:
+            getattr(repo, command)(**kwargs)
+    except Exception as err:
+        raise DatasetVersionError(f"dvc {command} in {repo_root} failed: {err}") from err
