@@ -41,25 +41,21 @@ class DegradationConfigError(ValueError):
     """A degradation config value that cannot work; the message names the field."""
 
 
-def _range(low: float, high: float) -> tuple[float, float]:
-    return field(default=(low, high))
-
-
 @dataclass
 class DegradationConfig:
     """Probabilities (p_*) of each effect and the ranges its strength is drawn from (uniformly)."""
 
     p_reverb: float = 0.5
-    rt60_s: tuple[float, float] = _range(0.2, 1.0)  # synthetic rooms, used only without an RIR bank
+    rt60_s: tuple[float, float] = (0.2, 1.0)  # synthetic rooms, used only without an RIR bank
     p_noise: float = 0.8
-    snr_db: tuple[float, float] = _range(5.0, 30.0)
+    snr_db: tuple[float, float] = (5.0, 30.0)
     synthetic_noises: tuple[str, ...] = ("white", "pink", "brown")  # used only without a noise bank
     p_gain: float = 0.3
-    gain_db: tuple[float, float] = _range(-12.0, 6.0)
+    gain_db: tuple[float, float] = (-12.0, 6.0)
     p_clipping: float = 0.1
-    clipped_fraction: tuple[float, float] = _range(0.001, 0.05)  # share of samples at the rail
+    clipped_fraction: tuple[float, float] = (0.001, 0.05)  # share of samples at the rail
     p_band_limit: float = 0.3
-    lowpass_hz: tuple[float, float] = _range(2000.0, 8000.0)  # capped at 0.45 x the audio rate
+    lowpass_hz: tuple[float, float] = (2000.0, 8000.0)  # capped at 0.45 x the audio rate
     p_resample: float = 0.5  # share of band limits done by resampling down and up instead of a low-pass
     resample_rates: tuple[int, ...] = (8000, 11025, 12000)
     p_codec: float = 0.5
@@ -67,12 +63,12 @@ class DegradationConfig:
         default_factory=lambda: {"mp3": 1.0, "vorbis": 1.0, "opus": 1.0, "alaw": 0.5, "mulaw": 0.5})
     # libsndfile compression_level: 0 = best quality, 1 = smallest. At 16 kHz these span
     # MP3 ~8-65 kbit/s, Vorbis ~28-48 kbit/s, Opus ~6-70 kbit/s. (MP3 refuses exactly 1.0.)
-    mp3_compression: tuple[float, float] = _range(0.6, 0.99)
+    mp3_compression: tuple[float, float] = (0.6, 0.99)
     mp3_bitrate_modes: tuple[str, ...] = effects.MP3_BITRATE_MODES
-    vorbis_compression: tuple[float, float] = _range(0.3, 1.0)
-    opus_compression: tuple[float, float] = _range(0.75, 1.0)
+    vorbis_compression: tuple[float, float] = (0.3, 1.0)
+    opus_compression: tuple[float, float] = (0.75, 1.0)
     p_packet_loss: float = 0.1
-    packet_loss_rate: tuple[float, float] = _range(0.02, 0.15)
+    packet_loss_rate: tuple[float, float] = (0.02, 0.15)
     packet_ms: float = 20.0
     min_effects: int = 1  # effects forced in when the random draw picked fewer
 
@@ -84,7 +80,7 @@ class DegradationConfig:
                                 ("clipped_fraction", 0.0, 0.5), ("lowpass_hz", 1.0, 1e6),
                                 ("mp3_compression", 0.0, 0.999), ("vorbis_compression", 0.0, 1.0),
                                 ("opus_compression", 0.0, 1.0), ("packet_loss_rate", 0.0, 1.0)):
-            setattr(self, name, _check_range(name, getattr(self, name), low, high))
+            setattr(self, name, _check(name, getattr(self, name), low, high))
         self.synthetic_noises = _check_choices("synthetic_noises", self.synthetic_noises, ("white", "pink", "brown"))
         self.mp3_bitrate_modes = _check_choices("mp3_bitrate_modes", self.mp3_bitrate_modes, effects.MP3_BITRATE_MODES)
         self.resample_rates = _check_rates("resample_rates", self.resample_rates)
@@ -111,7 +107,8 @@ class DegradationConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise DegradationConfigError(f"unknown degradation config field(s) {unknown}; known fields: {sorted(known)}")
+            raise DegradationConfigError(f"unknown degradation config field(s) {unknown}; "
+                                         f"known fields: {sorted(known)}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +122,7 @@ def _check_probability(name: str, value: Any) -> None:
                                      f"got {value!r}")
 
 
-def _check_range(name: str, value: Any, low: float, high: float) -> tuple[float, float]:
+def _check(name: str, value: Any, low: float, high: float) -> tuple[float, float]:
     ok = (isinstance(value, (list, tuple)) and len(value) == 2
           and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
     if not ok or not low <= value[0] <= value[1] <= high:
@@ -231,11 +228,11 @@ class Degrader:
         if self.rooms:
             name = list(self.rooms)[int(rng.integers(len(self.rooms)))]
             room = self.rooms[name]
+            rt60_s = None if room.rt60_s is None else round(room.rt60_s, 3)  # estimated from the decay
         else:
             name = "synthetic"
-            rt60 = round(float(rng.uniform(*self.config.rt60_s)), 3)
-            room = effects.prepare_rir(effects.synthetic_rir(rt60, self.sample_rate, rng), self.sample_rate)
-        rt60_s = None if room.rt60_s is None else round(room.rt60_s, 3)
+            rt60_s = round(float(rng.uniform(*self.config.rt60_s)), 3)
+            room = effects.prepare_rir(effects.synthetic_rir(rt60_s, self.sample_rate, rng), self.sample_rate)
         return effects.reverberate(wave, room), {"effect": "reverb", "rir": name, "rt60_s": rt60_s}
 
     def _noise(self, wave, rng):
@@ -257,7 +254,8 @@ class Degrader:
         fraction = float(rng.uniform(*self.config.clipped_fraction))
         threshold = round(effects.clip_threshold(wave, fraction), 6)
         clipped = round(float(np.mean(np.abs(wave) >= threshold)), 4) if threshold > 0 else 0.0
-        return effects.clip(wave, threshold), {"effect": "clipping", "threshold": threshold, "clipped_fraction": clipped}
+        record = {"effect": "clipping", "threshold": threshold, "clipped_fraction": clipped}
+        return effects.clip(wave, threshold), record
 
     def _band_limit(self, wave, rng):
         if self._resample_rates and rng.random() < self.config.p_resample:

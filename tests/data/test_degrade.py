@@ -121,7 +121,8 @@ def test_resampling_leaves_no_energy_above_the_low_rate_nyquist(low_rate, rng):
     out = effects.resample_round_trip(white, RATE, low_rate)
     assert len(out) == len(white)
     assert relative_energy_above_db(out, 0.4 * low_rate) > -20  # the passband survives
-    assert np.std(out) == pytest.approx(np.std(white) * np.sqrt(0.9 * low_rate / RATE), rel=0.1)  # unity gain    assert relative_energy_above_db(out, low_rate / 2) < -60
+    assert np.std(out) == pytest.approx(np.std(white) * np.sqrt(0.9 * low_rate / RATE), rel=0.1)  # unity gain
+    assert relative_energy_above_db(out, low_rate / 2) < -60
     tone = speechlike(rng)
     assert lag_of(effects.resample_round_trip(tone, RATE, low_rate), tone) == 0
 
@@ -347,3 +348,7 @@ def test_materialize_degraded_is_deterministic_and_skips_bad_rows(tmp_path, rng,
 
     materialize_degraded(tmp_path, seed=8)
     assert {p.name: p.read_bytes() for p in sorted((tmp_path / "degraded").rglob("*.wav"))} != wavs
+
+    write_manifest(val.iloc[:2], manifest_path(tmp_path, "val"))  # v3 leaves the split
+    materialize_degraded(tmp_path, splits=("val",), seed=7)
+    assert sorted(p.name for p in (tmp_path / "degraded" / "val").glob("*.wav")) == ["v1.wav", "v2.wav"]
