@@ -72,10 +72,11 @@ def colored_noise(color: str, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def noise_segment(noise: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """A random n-sample excerpt of a noise recording, looped when the recording is shorter."""
-    start = int(rng.integers(0, len(noise)))
-    if len(noise) >= n and start + n <= len(noise):
+    """A random n-sample excerpt of a noise recording, looped only when the recording is shorter."""
+    if len(noise) >= n:
+        start = int(rng.integers(0, len(noise) - n + 1))
         return noise[start:start + n]
+    start = int(rng.integers(0, len(noise)))
     reps = -(-(start + n) // len(noise))
     return np.tile(noise, reps)[start:start + n]
 
