@@ -96,5 +96,7 @@ def test_clients_in_the_cluster_and_through_port_forward_are_allowed(platform, m
                  f"{tracking.hostname}.{namespace}.svc.cluster.local:{tracking.port}",
                  "localhost:5000", "localhost:15000", "127.0.0.1:5000"):
         assert is_allowed_host_header(allowed, host), host
-    for host in ("evil.example:5000", "miipher2-mlflow.evil.example:5000"):
+    # Any namespace's service name (standalone KFP puts everything in `kubeflow`).
+    assert is_allowed_host_header(allowed, f"{tracking.hostname}.kubeflow.svc.cluster.local:{tracking.port}")
+    for host in ("evil.example:5000", "miipher2-mlflow.evil.example:5000", "miipher2-mlflow:5000.evil.example"):
         assert not is_allowed_host_header(allowed, host), host
