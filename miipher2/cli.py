@@ -12,6 +12,7 @@ import importlib
 import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "miipher2.restore_commands",
     "miipher2.data.validate_commands",
     "miipher2.data.commands",
     "miipher2.pipeline_commands",

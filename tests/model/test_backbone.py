@@ -1,0 +1,134 @@
+"""FeatureCleaner on every backbone family: truncation, adapter placement, identity at init,
+gradient flow and frozen-ness. The reference is always the ORIGINAL, untruncated transformers
+model fed by the transformers feature extractor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from miipher2.model.backbone import BACKBONE_PRESETS, FAMILIES, FeatureCleaner
+from tests.model.conftest import FAMILY_PRESETS, TINY_FEATURE_LAYER, TINY_LAYERS
+
+
+def _cleaner(directory, preset, **kwargs) -> FeatureCleaner:
+    return FeatureCleaner.from_pretrained(str(directory), preset, feature_layer=TINY_FEATURE_LAYER, adapter_dim=24, **kwargs)
+
+
+def _reference_features(directory, preset, wave: np.ndarray, layer: int) -> np.ndarray:
+    """Output of encoder layer `layer` of the full model, computed the transformers way."""
+    spec = BACKBONE_PRESETS[preset]
+    model = getattr(transformers, spec.model_class).from_pretrained(str(directory)).eval()
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(str(directory))
+    with torch.no_grad():
+        if spec.family == "gemma3n-audio":  # this encoder does not record hidden_states: hook the block
+            captured = []
+            handle = model.conformer[layer - 1].register_forward_hook(lambda m, i, o: captured.append(o))
+            inputs = extractor(wave, return_tensors="pt")
+            model(audio_mel=inputs["input_features"], audio_mel_mask=~inputs["input_features_mask"])
+            handle.remove()
+            return captured[0][0].numpy()
+        inputs = extractor(wave, sampling_rate=16000, return_tensors="pt")
+        return model(**inputs, output_hidden_states=True).hidden_states[layer][0].numpy()
+
+
+def _randomise_adapters(cleaner: FeatureCleaner, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in cleaner.adapter_parameters():
+            parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+
+
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+def test_encoder_is_truncated_and_every_kept_layer_hosts_one_adapter(tiny_backbone, preset):
+    cleaner = _cleaner(tiny_backbone(preset), preset)
+    family = FAMILIES[BACKBONE_PRESETS[preset].family]
+    layers = family.layers(cleaner.encoder)
+    assert TINY_FEATURE_LAYER < TINY_LAYERS
+    assert len(layers) == TINY_FEATURE_LAYER == len(cleaner.adapters)
+    for layer in layers:
+        assert len(family.feed_forward(layer)._forward_hooks) == 1
+    assert cleaner.feature_dim == 32 and cleaner.sample_rate == 16000
+
+
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+def test_untrained_adapters_reproduce_the_frozen_encoder_layer(tiny_backbone, preset, speechlike):
+    directory = tiny_backbone(preset)
+    cleaner = _cleaner(directory, preset)
+    pad = cleaner.input_padding
+    # Gemma's extractor pads to a multiple of 128 samples; make that a no-op so both see the same ends.
+    wave = speechlike(1.0)[: (16000 + 2 * pad) // 128 * 128 - 2 * pad]
+    expected = _reference_features(directory, preset, np.pad(wave, (pad, pad)), TINY_FEATURE_LAYER)
+    with torch.no_grad():
+        features, frames = cleaner(torch.from_numpy(wave)[None])
+    n = int(frames[0])
+    assert abs(n - len(wave) / cleaner.hop_length) <= 1.5  # frames are centred on their hops
+    scale = np.abs(expected[:n]).max()
+    np.testing.assert_allclose(features[0, :n].numpy(), expected[:n], atol=1e-4 * scale, rtol=1e-3)
+
+    # Non-vacuous: trained (non-zero) adapters do change the features; use_adapters=False does not.
+    _randomise_adapters(cleaner)
+    with torch.no_grad():
+        adapted, _ = cleaner(torch.from_numpy(wave)[None])
+        frozen, _ = cleaner(torch.from_numpy(wave)[None], use_adapters=False)
+    assert np.abs(adapted[0, :n].numpy() - expected[:n]).max() > 1e-2 * scale
+    np.testing.assert_allclose(frozen[0, :n].numpy(), expected[:n], atol=1e-4 * scale, rtol=1e-3)
+
+
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+def test_gradients_reach_only_the_adapters(tiny_backbone, preset, speechlike):
+    cleaner = _cleaner(tiny_backbone(preset), preset).train()
+    _randomise_adapters(cleaner)
+    features, _ = cleaner(torch.from_numpy(speechlike(0.5))[None])
+    features.pow(2).mean().backward()
+    assert all(p.grad is None and not p.requires_grad for p in cleaner.encoder.parameters())
+    for index, adapter in enumerate(cleaner.adapters.adapters):  # every layer's adapter learns
+        assert adapter.down.weight.grad is not None and adapter.down.weight.grad.abs().sum() > 0, index
+        assert adapter.up.weight.grad.abs().sum() > 0, index
+
+
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+def test_train_mode_keeps_the_frozen_encoder_in_eval_mode(tiny_backbone, preset):
+    cleaner = _cleaner(tiny_backbone(preset), preset)
+    parent = torch.nn.ModuleDict({"cleaner": cleaner}).train()
+    assert cleaner.training and cleaner.adapters.training
+    assert not any(module.training for module in cleaner.encoder.modules())
+
+
+def test_padded_batch_items_match_their_solo_features(tiny_backbone, speechlike):
+    """Masks flow through fbank normalisation, attention and convolution (w2v-BERT)."""
+    cleaner = _cleaner(tiny_backbone("w2v-bert-2.0"), "w2v-bert-2.0")
+    long, short = speechlike(1.0), speechlike(0.6)[::-1].copy()
+    batch = torch.zeros(2, len(long))
+    batch[0], batch[1, : len(short)] = torch.from_numpy(long), torch.from_numpy(short)
+    with torch.no_grad():
+        features, frames = cleaner(batch, torch.tensor([len(long), len(short)]))
+        solo, solo_frames = cleaner(torch.from_numpy(short)[None])
+    n = int(solo_frames[0])
+    assert int(frames[1]) == n
+    np.testing.assert_allclose(features[1, :n].numpy(), solo[0, :n].numpy(), atol=1e-4)
+    assert not features[1, n:].any()
+
+
+def test_bad_arguments_are_named(tiny_backbone):
+    directory = str(tiny_backbone("mhubert-147"))
+    with pytest.raises(ValueError, match="unknown backbone preset 'nope'"):
+        FeatureCleaner.from_pretrained(directory, "nope")
+    with pytest.raises(ValueError, match=r"feature_layer=9 is outside 1..4"):
+        FeatureCleaner.from_pretrained(directory, "mhubert-147", feature_layer=9)
+    cleaner = FeatureCleaner.from_pretrained(directory, "mhubert-147", feature_layer=1, adapter_dim=8)
+    with pytest.raises(ValueError, match="wave must be"):
+        cleaner(torch.zeros(16000))
+
+
+def test_adapter_state_dict_round_trip(tiny_backbone):
+    directory = tiny_backbone("mhubert-147")
+    first, second = _cleaner(directory, "mhubert-147"), _cleaner(directory, "mhubert-147")
+    _randomise_adapters(first)
+    second.load_adapter_state_dict(first.adapter_state_dict())
+    assert set(first.adapter_state_dict()) == {f"adapters.{i}.{name}" for i in range(TINY_FEATURE_LAYER) for name in ("norm.weight", "norm.bias", "down.weight", "down.bias", "up.weight", "up.bias")}
+    wave = torch.randn(1, 8000) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(first(wave)[0], second(wave)[0])
