@@ -237,3 +237,30 @@ def test_stage_job_runs_its_stage_under_torchrun_on_several_nodes(stage_job, env
         assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/workspace", "/dev/shm"}
         assert {"miipher2-s3", "miipher2-settings"} <= {
             next(iter(source.values()))["name"] for source in container["envFrom"]}
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_torchrun_reads_the_operators_rendezvous_for_every_pod(stage_job, monkeypatch, env):
+    # The training operator gives each pod PET_NNODES (all replicas), PET_NPROC_PER_NODE
+    # (spec.nprocPerNode), PET_NODE_RANK and the Master's address; torchrun takes its defaults
+    # from them. Parse each pod's command line with torchrun's own parser under that environment.
+    from torch.distributed import run as torchrun
+
+    job = stage_job(env, 1)
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    nodes = sum(spec["replicas"] for spec in specs.values())
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun sets it when unset; keep the test clean
+    monkeypatch.setenv("PET_NNODES", str(nodes))
+    monkeypatch.setenv("PET_NPROC_PER_NODE", job["spec"]["nprocPerNode"])
+    monkeypatch.setenv("PET_MASTER_ADDR", f"{job['metadata']['name']}-master-0")
+    monkeypatch.setenv("PET_MASTER_PORT", "23456")
+    for rank, (replica, spec) in enumerate(specs.items()):
+        monkeypatch.setenv("PET_NODE_RANK", str(rank))
+        (container,) = spec["template"]["spec"]["containers"]
+        assert container["command"][0] == "torchrun", replica
+        config, command, command_args = torchrun.config_from_args(
+            torchrun.parse_args(container["command"][1:] + container["args"]))
+        assert (config.min_nodes, config.max_nodes) == (nodes, nodes), replica
+        assert config.rdzv_endpoint == f"{job['metadata']['name']}-master-0:23456", replica
+        command = [command] if isinstance(command, str) else command  # a string under --no-python
+        assert [*command, *command_args] == container["command"][2:] + container["args"], replica
