@@ -65,7 +65,7 @@ def run_ensure_demo(args: argparse.Namespace) -> int:
     from miipher2.data.versioning import DatasetVersionError, ensure_demo_dataset, workspace_md5
 
     try:
-        outcome = ensure_demo_dataset(args.repo, remote=args.remote)
+        outcome = ensure_demo_dataset(args.repo, remote=args.remote, progress=print)
         recorded, _ = workspace_md5(args.repo)
     except DatasetVersionError as err:
         print(f"error: {err}", file=sys.stderr)

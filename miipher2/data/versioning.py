@@ -16,8 +16,11 @@ Remotes and credentials: see docs/data.md (credentials only from the environment
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -151,7 +154,8 @@ def push(repo_root: str | os.PathLike, remote: str | None = None, dvcfile: str =
     _run_dvc(repo_root, "push", targets=[_inside(repo_root, dvcfile)], remote=remote)
 
 
-def ensure_demo_dataset(repo_root: str | os.PathLike, remote: str | None = None, config=None) -> str:
+def ensure_demo_dataset(repo_root: str | os.PathLike, remote: str | None = None, config=None,
+                        progress: Callable[[str], None] = lambda message: None) -> str:
     """Make `<repo_root>/data` hold exactly the demo corpus pinned in `data.dvc`; say what was done.
 
     1. data/ already matches data.dvc: nothing to do ("up to date").
@@ -159,6 +163,8 @@ def ensure_demo_dataset(repo_root: str | os.PathLike, remote: str | None = None,
     3. Otherwise (a fresh clone with no remote copy): build the corpus, check its hash equals
        data.dvc (the build is deterministic; if not, raise `DeterminismError`), cache it and push
        it to the remote so the next machine can pull ("built and pushed").
+    `config` is the `DemoConfig` to build with (default: the full corpus); `progress` receives
+    one line per step.
     """
     from miipher2.data.demo import build_demo
 
@@ -166,10 +172,13 @@ def ensure_demo_dataset(repo_root: str | os.PathLike, remote: str | None = None,
     recorded, actual = workspace_md5(repo_root)
     if actual == recorded:
         return "up to date"
+    state = "is missing" if actual is None else f"differs from data.dvc ({recorded})"
+    progress(f"{DATASET_PATH}/ {state}: trying `dvc pull` from remote {remote or '(default)'}")
     try:
-        pull(repo_root, remote)
+        with _quiet_dvc():  # a miss is expected on a fresh machine; DVC would warn about every file
+            pull(repo_root, remote)
     except DatasetVersionError:
-        pass  # not on the remote (e.g. a fresh machine's local remote): build it instead
+        progress("not on the remote: rebuilding the demo corpus (deterministic, about a minute)")
     else:
         if workspace_md5(repo_root)[1] == recorded:
             return "pulled"
@@ -182,6 +191,7 @@ def ensure_demo_dataset(repo_root: str | os.PathLike, remote: str | None = None,
             "changed what it writes (then rebuild on purpose: `miipher2 data build-demo && dvc add data && "
             "dvc push` and commit data.dvc), or something in it became nondeterministic (a bug to fix).")
     _run_dvc(repo_root, "commit", target=_inside(repo_root, f"{DATASET_PATH}.dvc"), force=True)  # into the cache, data.dvc unchanged
+    progress(f"rebuilt corpus matches data.dvc; pushing it to remote {remote or '(default)'}")
     push(repo_root, remote)
     return "built and pushed"
 
@@ -214,6 +224,21 @@ def _md5(path: Path) -> str:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextmanager
+def _quiet_dvc():
+    """Drop DVC's "missing cache files" warning. A filter on the emitting logger, because DVC
+    resets the levels and handlers of its parent logger whenever a Repo runs a command."""
+    loggers = [logging.getLogger(name) for name in ("dvc.data_cloud", "dvc_data.index.fetch")]
+    drop_warnings = lambda record: record.levelno > logging.WARNING  # noqa: E731
+    for logger in loggers:
+        logger.addFilter(drop_warnings)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop_warnings)
 
 
 def _inside(repo_root, relative: str) -> str:

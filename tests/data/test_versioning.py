@@ -220,3 +220,17 @@ def test_file_hashes_are_md5_per_relative_path(tmp_path):
     (tmp_path / "d" / "sub" / "x.bin").write_bytes(b"abc")
     assert file_hashes(tmp_path / "d") == {"sub/x.bin": "900150983cd24fb0d6963f7d28e17f72"}
     assert versioning.DATASET_PATH == "data"
+
+
+def test_cli_prints_a_revision_hash_and_fetches_it(s3_repo, tmp_path, capsys):
+    import json
+
+    from miipher2.cli import main as cli_main
+
+    repo_path, _, v1, _ = s3_repo
+    assert cli_main(["data", "hashes", "--repo", str(repo_path), "--rev", "v1"]) == 0
+    assert json.loads(capsys.readouterr().out)["md5"] == dataset_md5(repo_path, "v1")
+    assert cli_main(["data", "hashes", "--repo", str(repo_path), "--rev", "v1", "--dest", str(tmp_path / "out")]) == 0
+    assert json.loads(capsys.readouterr().out)["files"] == v1
+    assert cli_main(["data", "hashes", "--repo", str(repo_path), "--rev", "nope"]) == 1
+    assert "nope" in capsys.readouterr().err
