@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "miipher2.data.validate_commands",
     "miipher2.data.commands",
     "miipher2.pipeline_commands",
+    "miipher2.evaluate_commands",
 )
 
 

@@ -1,0 +1,158 @@
+"""Intrusive speech-quality metrics: each compares an estimate with its clean reference.
+
+All metrics run at 16 kHz (PESQ wide-band and ESTOI are defined there); callers resample first.
+Restoration keeps the timeline, so reference and estimate are compared frame by frame after
+trimming to the shorter length; no time warping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+from scipy.fft import dct
+from scipy.signal import stft
+
+METRIC_RATE = 16000
+_EPS = 1e-10
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How to read a metric: which way is better, and its display name."""
+
+    name: str
+    higher_is_better: bool
+    label: str
+
+
+# Every metric column the evaluation table can hold, in report order.
+METRICS: dict[str, MetricInfo] = {m.name: m for m in (
+    MetricInfo("pesq", True, "PESQ (WB)"),
+    MetricInfo("estoi", True, "ESTOI"),
+    MetricInfo("si_sdr", True, "SI-SDR (dB)"),
+    MetricInfo("lsd", False, "LSD (dB)"),
+    MetricInfo("mcd", False, "MCD (dB)"),
+    MetricInfo("dnsmos_sig", True, "DNSMOS SIG"),
+    MetricInfo("dnsmos_bak", True, "DNSMOS BAK"),
+    MetricInfo("dnsmos_ovrl", True, "DNSMOS OVRL"),
+    MetricInfo("dnsmos_p808", True, "DNSMOS P.808"),
+    MetricInfo("speaker_similarity", True, "Speaker sim."),
+    MetricInfo("wer", False, "WER"),
+    MetricInfo("cer", False, "CER"),
+)}
+
+
+def align(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Trim both to the shorter length (vocoders may add or drop a few samples at the end)."""
+    reference = np.asarray(reference, dtype=np.float64).reshape(-1)
+    estimate = np.asarray(estimate, dtype=np.float64).reshape(-1)
+    n = min(reference.size, estimate.size)
+    if n == 0:
+        raise ValueError("cannot compare an empty signal")
+    return reference[:n], estimate[:n]
+
+
+def pesq_wb(reference: np.ndarray, estimate: np.ndarray, rate: int = METRIC_RATE) -> float:
+    """ITU-T P.862.2 wide-band PESQ (MOS-LQO, -0.5..4.64); NaN where PESQ finds no speech."""
+    from pesq import PesqError, pesq
+
+    _require_metric_rate(rate)
+    reference, estimate = align(reference, estimate)
+    try:
+        return float(pesq(rate, reference, estimate, "wb"))
+    except PesqError:  # e.g. silent or too short input: PESQ is undefined, not zero
+        return math.nan
+
+
+def estoi(reference: np.ndarray, estimate: np.ndarray, rate: int = METRIC_RATE) -> float:
+    """Extended short-time objective intelligibility (0..1)."""
+    from pystoi import stoi
+
+    reference, estimate = align(reference, estimate)
+    return float(stoi(reference, estimate, rate, extended=True))
+
+
+def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """Scale-invariant signal-to-distortion ratio in dB (Le Roux et al. 2019).
+
+    A tiny epsilon keeps an identical estimate finite (very high) instead of infinite, so
+    means and confidence intervals stay defined.
+    """
+    reference, estimate = align(reference, estimate)
+    reference = reference - reference.mean()
+    estimate = estimate - estimate.mean()
+    scale = np.dot(estimate, reference) / (np.dot(reference, reference) + _EPS)
+    target = scale * reference
+    residual = estimate - target
+    return float(10 * np.log10((np.dot(target, target) + _EPS) / (np.dot(residual, residual) + _EPS)))
+
+
+def _power_spectrogram(wave: np.ndarray, rate: int, n_fft: int, hop: int) -> np.ndarray:
+    _, _, spec = stft(wave, fs=rate, window="hann", nperseg=n_fft, noverlap=n_fft - hop, boundary=None, padded=False)
+    return np.abs(spec) ** 2  # (freq, frames)
+
+
+def log_spectral_distance(reference: np.ndarray, estimate: np.ndarray, rate: int = METRIC_RATE,
+                          n_fft: int = 512, hop: int = 128) -> float:
+    """Mean over frames of the RMS (over frequency) difference of log power spectra, in dB."""
+    reference, estimate = align(reference, estimate)
+    ref = 10 * np.log10(_power_spectrogram(reference, rate, n_fft, hop) + _EPS)
+    est = 10 * np.log10(_power_spectrogram(estimate, rate, n_fft, hop) + _EPS)
+    return float(np.mean(np.sqrt(np.mean((ref - est) ** 2, axis=0))))
+
+
+@cache
+def _mel_basis(rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=rate / 2)
+
+
+def _mel_amplitude(wave: np.ndarray, rate: int, n_fft: int = 1024, hop: int = 256, n_mels: int = 80) -> np.ndarray:
+    power = _power_spectrogram(np.asarray(wave, dtype=np.float64), rate, n_fft, hop)
+    return np.sqrt(_mel_basis(rate, n_fft, n_mels) @ power)  # (mels, frames)
+
+
+def mel_cepstrum(mel_amplitude: np.ndarray, floor: float, n_ceps: int = 25) -> np.ndarray:
+    """Mel cepstra (frames, n_ceps): DCT-II of the floored log mel amplitude spectrum."""
+    return dct(np.log(np.maximum(mel_amplitude, floor)), type=2, norm="ortho", axis=0)[:n_ceps].T
+
+
+def mel_cepstral_distortion(reference: np.ndarray, estimate: np.ndarray, rate: int = METRIC_RATE,
+                            dynamic_range_db: float = 60.0) -> float:
+    """MCD in dB over coefficients 1..24 (c0, the loudness, is excluded as is customary).
+
+    Each spectrum is floored `dynamic_range_db` below its own peak, so bands a signal leaves empty
+    (e.g. above an MP3's cutoff) count as "quiet", not as -inf dB, and a pure gain change costs
+    nothing. Only the reference's speech frames (within the same range of its loudest frame) are
+    averaged: noise in pauses is LSD's business, not the spectral envelope's.
+    """
+    reference, estimate = align(reference, estimate)
+    ref_mel, est_mel = _mel_amplitude(reference, rate), _mel_amplitude(estimate, rate)
+    below = 10 ** (-dynamic_range_db / 20)
+    frame_level = ref_mel.max(axis=0)
+    speech = frame_level >= frame_level.max() * below
+    ref_ceps = mel_cepstrum(ref_mel[:, speech], max(float(ref_mel.max()), _EPS) * below)
+    est_ceps = mel_cepstrum(est_mel[:, speech], max(float(est_mel.max()), _EPS) * below)
+    diff = ref_ceps[:, 1:] - est_ceps[:, 1:]
+    return float(np.mean(10.0 / np.log(10.0) * np.sqrt(2.0 * np.sum(diff ** 2, axis=1))))
+
+
+def intrusive_metrics(reference: np.ndarray, estimate: np.ndarray, rate: int = METRIC_RATE) -> dict[str, float]:
+    """Every reference-based metric for one utterance."""
+    _require_metric_rate(rate)
+    return {
+        "pesq": pesq_wb(reference, estimate, rate),
+        "estoi": estoi(reference, estimate, rate),
+        "si_sdr": si_sdr(reference, estimate),
+        "lsd": log_spectral_distance(reference, estimate, rate),
+        "mcd": mel_cepstral_distortion(reference, estimate, rate),
+    }
+
+
+def _require_metric_rate(rate: int) -> None:
+    if rate != METRIC_RATE:
+        raise ValueError(f"metrics run at {METRIC_RATE} Hz, got {rate} Hz: resample first")

@@ -1,0 +1,125 @@
+"""`miipher2 evaluate`, `miipher2 register` and `miipher2 promote`.
+
+Exit codes: 0 success (or nothing to do), 1 the gate refused the challenger, 2 unusable input
+(missing data, model, alias or tracking server), with a message naming what and where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_REFUSED, EXIT_BAD_INPUT = 1, 2
+
+
+def register(subparsers) -> None:
+    evaluate = subparsers.add_parser("evaluate", help="score a model against clean/degraded/DeepFilterNet3 rows",
+                                     description="Restore the degraded evaluation split and write per-utterance "
+                                                 "metrics, aggregates with 95%% CIs and an HTML report.")
+    evaluate.add_argument("--data", required=True, help="dataset root holding manifests/{split}_degraded.csv")
+    evaluate.add_argument("--model", help="model directory or models:/NAME@alias URI (omit: baselines only)")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--out", required=True, help="output directory (tables, audio, report.html)")
+    evaluate.add_argument("--max-utterances", type=int, help="evaluate a subset, spread across languages")
+    evaluate.add_argument("--no-baseline", action="store_true", help="skip the DeepFilterNet3 reference row")
+    _asr_and_workers(evaluate)
+    evaluate.add_argument("--metrics", default="intrusive,dnsmos,speaker,asr",
+                          help="comma-separated metric groups (intrusive, dnsmos, speaker, asr)")
+    evaluate.set_defaults(func=_evaluate)
+
+    reg = subparsers.add_parser("register", help="log a model directory to MLflow as a new version (alias challenger)")
+    reg.add_argument("--model-dir", required=True, help="directory written by Restorer.save_pretrained")
+    reg.add_argument("--name", required=True, help="registered model name")
+    reg.add_argument("--dataset-revision", help="dataset version (default: the md5 recorded in ./data.dvc)")
+    reg.add_argument("--git-commit", help="code version (default: git HEAD or $GIT_COMMIT)")
+    reg.add_argument("--metrics-json", help="headline.json from `miipher2 evaluate` to tag the version with")
+    reg.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+    reg.set_defaults(func=_register)
+
+    prom = subparsers.add_parser("promote", help="CI gate: move alias champion to the challenger only if it wins",
+                                 description="Evaluate NAME@challenger and NAME@champion on the same evaluation set; "
+                                             "a paired bootstrap per rule decides. Exit 1 when refused.")
+    prom.add_argument("--model", required=True, help="registered model name")
+    prom.add_argument("--data", required=True, help="dataset root holding manifests/{split}_degraded.csv")
+    prom.add_argument("--split", default="test")
+    prom.add_argument("--rule", action="append", metavar="METRIC:MARGIN",
+                      help="gate rule, repeatable (default: dnsmos_ovrl:0.05, wer:0.02, speaker_similarity:0.02)")
+    prom.add_argument("--floor", action="append", metavar="METRIC:VALUE",
+                      help="absolute bar for the first champion, repeatable "
+                           "(default: dnsmos_ovrl:2.5, speaker_similarity:0.5, wer:0.5)")
+    prom.add_argument("--max-utterances", type=int)
+    prom.add_argument("--out", default="promotion", help="where the evaluation of both versions is written")
+    prom.add_argument("--allow-no-improvement", action="store_true",
+                      help="promote a challenger that is merely not worse on every rule")
+    prom.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+    _asr_and_workers(prom)
+    prom.set_defaults(func=_promote)
+
+
+def _asr_and_workers(parser: argparse.ArgumentParser) -> None:
+    from miipher2.evaluate.asr import DEFAULT_ASR
+
+    parser.add_argument("--asr", default=DEFAULT_ASR,
+                        help=f"faster-whisper model: local directory or hub id (default {DEFAULT_ASR}, English only)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scoring processes")
+
+
+def _evaluate(args) -> int:
+    from miipher2.evaluate.evalset import EvaluationSetError
+    from miipher2.evaluate.run import evaluate_model
+
+    try:
+        result = evaluate_model(args.model, args.data, args.split, args.out, max_utterances=args.max_utterances,
+                                baseline=not args.no_baseline, asr=args.asr, workers=args.workers,
+                                metric_groups=[g.strip() for g in args.metrics.split(",") if g.strip()])
+    except (EvaluationSetError, FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(result.markdown_path.read_text() if result.markdown_path else "")
+    print(f"report: {result.html_path}")
+    return 0
+
+
+def _register(args) -> int:
+    from miipher2.registry import RegistryError, register_restorer
+    from miipher2.registry.versions import recorded_dataset_revision
+
+    metrics = None
+    try:
+        if args.metrics_json:
+            with open(args.metrics_json) as handle:
+                metrics = {k: v for k, v in json.load(handle)["metrics"].items() if v is not None}
+        version = register_restorer(args.model_dir, args.name, tracking_uri=args.tracking_uri, metrics=metrics,
+                                    dataset_revision=args.dataset_revision or recorded_dataset_revision(),
+                                    git_commit=args.git_commit)
+    except (RegistryError, OSError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"registered {args.name} version {version.version} (alias challenger)")
+    return 0
+
+
+def _promote(args) -> int:
+    from miipher2.evaluate.evalset import EvaluationSetError
+    from miipher2.registry import DEFAULT_FLOORS, DEFAULT_RULES, GateRule, RegistryError, promote
+
+    try:
+        rules = [GateRule(m, float(v)) for m, v in map(_pair, args.rule)] if args.rule else list(DEFAULT_RULES)
+        floors = {m: float(v) for m, v in map(_pair, args.floor)} if args.floor else dict(DEFAULT_FLOORS)
+        decision = promote(args.model, args.data, split=args.split, rules=rules, floors=floors,
+                           max_utterances=args.max_utterances, out_dir=args.out, workers=args.workers, asr=args.asr,
+                           tracking_uri=args.tracking_uri, require_improvement=not args.allow_no_improvement)
+    except (RegistryError, EvaluationSetError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(decision.render())
+    return 0 if decision.promote or decision.no_op else EXIT_REFUSED
+
+
+def _pair(text: str) -> tuple[str, str]:
+    metric, sep, value = text.partition(":")
+    if not sep or not metric or not value:
+        raise ValueError(f"expected METRIC:NUMBER, got {text!r}")
+    return metric.strip(), value.strip()

@@ -1,0 +1,150 @@
+"""The restorer as an MLflow pyfunc model: `mlflow.pyfunc.load_model(uri).predict(frame)`.
+
+Input: a pandas DataFrame, one row per recording, columns
+    audio        list of float samples in [-1, 1] (mono; the signature says double: JSON floats)
+    sample_rate  int, the rate of `audio` (any rate: the restorer resamples)
+Output: a DataFrame with the same columns: the restored audio and its rate (24 kHz).
+
+Artifacts: `restorer/` (config.yaml + adapters/vocoder safetensors, exactly the model directory)
+and, when the config's backbone source is a local directory rather than a hub id, `backbone/`
+(a copy of that encoder), so a `models:/` URI loads on any machine. The miipher2 code itself
+ships with the model too (`code_paths`): the model runs with the code it was trained with.
+
+We log a pyfunc, not `mlflow.pytorch`: MLflow 3 would torch.export the model, which neither our
+chunked numpy `restore` nor arbitrary-length audio fit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+try:  # the package must import without mlflow for `miipher2 --help`; mlflow is a dependency anyway
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object
+
+RESTORER_ARTIFACT, BACKBONE_ARTIFACT = "restorer", "backbone"
+EXAMPLE_RATE = 16000
+# What serving needs besides miipher2's own (shipped) code.
+_REQUIREMENTS = ("torch", "transformers", "speechbrain", "torchaudio", "safetensors", "numpy", "pandas", "scipy",
+                 "soundfile", "pyyaml")
+
+
+class RegistryError(RuntimeError):
+    """A registered model, version or alias that cannot be used; the message says which and why."""
+
+
+class RestorerPyfunc(PythonModel):
+    """Loads the Restorer from the model's artifacts once; `predict` restores every row."""
+
+    def load_context(self, context):
+        from miipher2.model.restorer import Restorer
+
+        backbone = context.artifacts.get(BACKBONE_ARTIFACT)
+        self.restorer = Restorer.from_pretrained(context.artifacts[RESTORER_ARTIFACT],
+                                                 device=os.environ.get("MIIPHER2_DEVICE") or None,
+                                                 backbone_source=backbone)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        frame = pd.DataFrame(model_input)
+        missing = {"audio", "sample_rate"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"model input needs columns 'audio' (list of floats) and 'sample_rate'; missing {sorted(missing)}")
+        waves = [np.asarray(a, dtype=np.float32).reshape(-1) for a in frame["audio"]]
+        rates = [int(r) for r in frame["sample_rate"]]
+        restored = self.restorer.restore_batch(waves, rates)
+        return pd.DataFrame({"audio": [w.astype(np.float32).tolist() for w, _ in restored],
+                             "sample_rate": [int(r) for _, r in restored]})
+
+
+def to_model_input(waves: list[np.ndarray], rates: list[int]) -> pd.DataFrame:
+    """The DataFrame `predict` takes, from numpy waves."""
+    return pd.DataFrame({"audio": [np.asarray(w, dtype=np.float32).reshape(-1).tolist() for w in waves],
+                         "sample_rate": [int(r) for r in rates]})
+
+
+def model_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import DataType
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    columns = Schema([ColSpec(Array(DataType.double), "audio"), ColSpec(DataType.long, "sample_rate")])
+    return ModelSignature(inputs=columns, outputs=columns)
+
+
+def input_example() -> pd.DataFrame:
+    """A quarter second of a harmonic tone: small enough to store as JSON with the model."""
+    t = np.arange(EXAMPLE_RATE // 4) / EXAMPLE_RATE
+    wave = 0.1 * sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 6))
+    return to_model_input([np.round(wave, 4)], [EXAMPLE_RATE])
+
+
+def backbone_source(model_dir: str | Path) -> str:
+    config_file = Path(model_dir) / "config.yaml"
+    try:
+        return str(yaml.safe_load(config_file.read_text())["backbone"]["source"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
+        raise RegistryError(f"{model_dir}: not a Miipher-2 model directory ({err})") from err
+
+
+def log_restorer(model_dir: str | Path, *, name: str = "restorer", registered_model_name: str | None = None):
+    """Log the model directory as a pyfunc model in the active MLflow run; returns ModelInfo."""
+    import mlflow
+
+    import miipher2
+
+    model_dir = Path(model_dir)
+    source = backbone_source(model_dir)
+    artifacts = {RESTORER_ARTIFACT: str(model_dir)}
+    if Path(source).is_dir():
+        artifacts[BACKBONE_ARTIFACT] = str(Path(source).resolve())
+    with tempfile.TemporaryDirectory() as staging:
+        # Only the library's source: no caches, no stray files.
+        code = Path(staging) / "miipher2"
+        shutil.copytree(Path(miipher2.__file__).parent, code,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=RestorerPyfunc(),
+            artifacts=artifacts,
+            code_paths=[str(code)],
+            signature=model_signature(),
+            input_example=input_example(),
+            pip_requirements=_pinned_requirements(),
+            registered_model_name=registered_model_name,
+        )
+
+
+def load_registered_restorer(uri: str):
+    """The `Restorer` inside a logged model (`models:/NAME@alias`, `models:/NAME/3`, `runs:/...`)."""
+    return load_pyfunc(uri).unwrap_python_model().restorer
+
+
+def load_pyfunc(uri: str):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except MlflowException as err:
+        raise RegistryError(f"cannot load {uri}: {err.message}") from err
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # artifacts missing or weights unusable
+        raise RegistryError(f"cannot load {uri}: the logged model is broken ({type(err).__name__}: {err})") from err
+
+
+def _pinned_requirements() -> list[str]:
+    pins = []
+    for package in _REQUIREMENTS:
+        try:
+            pins.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pins.append(package)
+    return pins

@@ -1,0 +1,94 @@
+"""Registering restorer versions: log, register, alias `challenger`, tag with lineage and metrics.
+
+Aliases, not stages (deprecated in MLflow 3): `challenger` marks the newest candidate and
+`champion` the version in service; only the promotion gate moves `champion`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+from miipher2.registry.pyfunc import RegistryError, log_restorer
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+def client(tracking_uri: str | None = None):
+    import mlflow
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise RegistryError("no MLflow tracking URI: set MLFLOW_TRACKING_URI or pass --tracking-uri "
+                            "(e.g. sqlite:///mlflow.db locally)")
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def register_restorer(model_dir: str | Path, model_name: str, *, dataset_revision: str | None = None,
+                      git_commit: str | None = None, metrics: Mapping[str, float] | None = None,
+                      tracking_uri: str | None = None, experiment: str | None = None, alias: str = CHALLENGER):
+    """Log `model_dir` as a pyfunc model, register it as a new version of `model_name`, alias it.
+
+    Registration failures raise (unlike training-time tracking, a model that silently fails to
+    register would be lost). Returns the MLflow ModelVersion.
+    """
+    import mlflow
+
+    mlflow_client = client(tracking_uri)
+    tags = {"dataset_revision": dataset_revision or "unknown", "git_commit": git_commit or current_git_commit()}
+    tags.update({f"metric.{name}": f"{value:.6g}" for name, value in (metrics or {}).items()})
+    if experiment or mlflow.active_run() is None:
+        mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", "Default"))
+    with mlflow.start_run(run_name=f"register-{model_name}", nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({"miipher2.step": "register", **tags})
+        if metrics:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        info = log_restorer(model_dir, registered_model_name=model_name)
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(model_name, version, key, value)
+    mlflow_client.set_model_version_tag(model_name, version, "source_run", run.info.run_id)
+    mlflow_client.set_registered_model_alias(model_name, alias, version)
+    return mlflow_client.get_model_version(model_name, version)
+
+
+def version_by_alias(mlflow_client, model_name: str, alias: str):
+    """The ModelVersion behind `alias`, or None when the alias is unset; a clear error when the model is unknown."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        registered = mlflow_client.get_registered_model(model_name)
+    except MlflowException as err:
+        raise RegistryError(f"registered model {model_name!r} does not exist ({err.message}); "
+                            f"register one with `miipher2 register`") from err
+    if alias not in (registered.aliases or {}):
+        return None
+    try:
+        return mlflow_client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as err:
+        raise RegistryError(f"{model_name}@{alias} points to a version that cannot be read: {err.message}") from err
+
+
+def current_git_commit() -> str:
+    """HEAD of the repository we run in, or $GIT_COMMIT (set by CI/images), or 'unknown'."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def recorded_dataset_revision(dvc_file: str | Path = "data.dvc") -> str | None:
+    """The dataset's DVC hash as recorded in `data.dvc` (the version a commit pins), if present."""
+    try:
+        outs = yaml.safe_load(Path(dvc_file).read_text())["outs"]
+        return str(outs[0]["md5"])
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        return None
