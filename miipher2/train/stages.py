@@ -1,0 +1,406 @@
+"""The three Miipher-2 training stages and the export of the final model directory.
+
+    stage 1  adapters:  cleaner(degraded) -> frozen encoder's features of the clean item
+    stage 2  vocoder pretraining on clean features (independent of stage 1: run side by side)
+    stage 3  vocoder fine-tuning on adapter-cleaned features of degraded items (needs 1 and 2)
+    export   stage-1 adapters + stage-3 vocoder -> a `Restorer` model directory
+
+Each stage is a plain function, `train_stageN(config, data_root, out_dir, ...) -> StageResult`,
+usable from a notebook, the CLI or a pipeline component, on one process or under torchrun.
+A stage's output directory holds its checkpoints, the resolved config, `encoder.json` and, once
+complete, its final weights (`adapters.safetensors`; `vocoder.safetensors` +
+`discriminator.safetensors`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from miipher2.train.backbone import resolve_source
+from miipher2.train.checkpoint import Resumable, load_weights, save_weights
+from miipher2.train.config import ENCODER_SAMPLE_RATE, StageConfig, TrainConfig, VocoderStageConfig
+from miipher2.train.data import (LengthBucketBatchSampler, TrainingDataset, collate, load_items, make_degrader,
+                                 window_start)
+from miipher2.train.distributed import DistContext, barrier, init_distributed, per_rank_batch_size
+from miipher2.train.feature_cache import FeatureCache, encoder_identity, weights_fingerprint
+from miipher2.train.loop import (StageResult, autocast_for, configure_backends, lr_multiplier, prepare_out_dir,
+                                 run_loop)
+from miipher2.train.losses import feature_cleaner_loss
+
+ENCODER_FILE = "encoder.json"
+ADAPTERS_FILE, VOCODER_FILE, DISCRIMINATOR_FILE = "adapters.safetensors", "vocoder.safetensors", "discriminator.safetensors"
+
+
+class StageInputError(ValueError):
+    """A stage's inputs (earlier stages' outputs) are missing or were trained for another encoder."""
+
+
+# --------------------------------------------------------------------------- building blocks
+
+@dataclasses.dataclass
+class Encoder:
+    """The feature cleaner plus what identifies its frozen part."""
+
+    cleaner: nn.Module
+    source: str
+    identity: str
+
+
+def cache_dir_for(config: TrainConfig, out_dir: Path) -> Path:
+    return Path(config.cache.dir) if config.cache.dir else out_dir.parent / "cache"
+
+
+def build_encoder(config: TrainConfig, cache_dir: Path, device: torch.device) -> Encoder:
+    from miipher2.model.backbone import FeatureCleaner
+
+    enc = config.encoder
+    source = resolve_source(enc.preset, enc.source, cache_dir, seed=config.runtime.seed)
+    cleaner = FeatureCleaner.from_pretrained(source, enc.preset, enc.feature_layer, enc.adapter_dim)
+    fingerprint = weights_fingerprint(cleaner, exclude=cleaner.adapter_parameters())
+    identity = encoder_identity(enc.preset, enc.source, cleaner.feature_layer, fingerprint)
+    return Encoder(cleaner.to(device), source, identity)
+
+
+def build_vocoder(config: TrainConfig, cleaner: nn.Module) -> nn.Module:
+    from miipher2.model.vocoder import Vocoder, VocoderConfig
+
+    voc = config.vocoder
+    model_config = VocoderConfig.for_features(cleaner.feature_dim, cleaner.hop_length, voc.sample_rate,
+                                              ENCODER_SAMPLE_RATE, voc.size)
+    if voc.upsample_initial_channel is not None:
+        model_config = dataclasses.replace(model_config, upsample_initial_channel=voc.upsample_initial_channel)
+    return Vocoder(model_config)
+
+
+def optimizer_for(parameters, stage: StageConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(parameters, lr=lr or stage.lr, betas=stage.betas, weight_decay=stage.weight_decay)
+
+
+def scheduler_for(optimizer: torch.optim.Optimizer, stage: StageConfig):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(stage))
+
+
+def ddp(module: nn.Module, ctx: DistContext) -> nn.Module:
+    """DDP only across several processes; frozen parameters are ignored by DDP."""
+    if not ctx.distributed:
+        return module
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+
+
+def clip(parameters, max_norm: float) -> None:
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+
+@contextlib.contextmanager
+def stage_session(config: TrainConfig, stage: str, out_dir: Path, tracker) -> Iterator[tuple[DistContext, Any]]:
+    """Process group, seeds, backends and (on rank 0) an MLflow run for one stage."""
+    from miipher2.tracking import Tracker, tracked_run
+
+    ctx = init_distributed(config.runtime.device)
+    configure_backends(ctx, config.runtime)
+    torch.manual_seed(config.runtime.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        _write_atomic(out_dir / "config.yaml", config.to_yaml())
+    if tracker is not None or not ctx.is_main:
+        yield ctx, tracker if ctx.is_main else Tracker()
+        return
+    with tracked_run(f"{config.name}-{stage}", tags={"stage": stage, "preset": config.name}) as run_tracker:
+        run_tracker.log_params({"stage": stage, "world_size": ctx.world_size, **config.to_dict()})
+        yield ctx, run_tracker
+
+
+def fill_feature_cache(encoder: Encoder, cache: FeatureCache, dataset_root: Path, items, ctx: DistContext,
+                       runtime, batch_size: int, num_workers: int) -> int:
+    """Compute the clean features of every item missing from the cache; ranks share the work.
+
+    Returns how many items this process computed. Items are encoded in length-sorted batches
+    (little padding) without adapters: these are the frozen encoder's own features.
+    """
+    mine = sorted(items[ctx.rank:: ctx.world_size], key=lambda item: item.end - item.start)
+    todo = [i for i, item in enumerate(mine) if item.key not in cache]
+    if todo:
+        dataset = TrainingDataset(dataset_root, mine, clean=True)
+        batches = [[(i, 0) for i in todo[b: b + batch_size]] for b in range(0, len(todo), batch_size)]
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
+        cleaner = encoder.cleaner
+        with torch.no_grad(), autocast_for(ctx, runtime):
+            for batch in loader:
+                features, frames = cleaner(batch["clean"].to(ctx.device), batch["clean_lengths"].to(ctx.device),
+                                           use_adapters=False)
+                for key, feats, n in zip(batch["keys"], features, frames.tolist()):
+                    cache.put(key, feats[:n])
+    barrier(ctx)
+    return len(todo)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _write_encoder_record(out_dir: Path, encoder: Encoder, config: TrainConfig, ctx: DistContext) -> None:
+    if ctx.is_main:
+        record = {"identity": encoder.identity, "preset": config.encoder.preset, "source": config.encoder.source,
+                  "feature_layer": encoder.cleaner.feature_layer, "adapter_dim": config.encoder.adapter_dim}
+        _write_atomic(out_dir / ENCODER_FILE, json.dumps(record, indent=2))
+
+
+def _require_same_encoder(stage_dir: Path, encoder: Encoder, what: str) -> None:
+    record_file = Path(stage_dir) / ENCODER_FILE
+    if not record_file.is_file():
+        raise StageInputError(f"{stage_dir}: no {ENCODER_FILE}; is this a finished {what} output directory?")
+    recorded = json.loads(record_file.read_text())["identity"]
+    if recorded != encoder.identity:
+        raise StageInputError(f"{stage_dir}: {what} was trained for encoder {recorded}, this config builds "
+                              f"{encoder.identity} (preset, source, feature layer or weights differ)")
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise StageInputError(f"{path} is missing: run {what} to completion first")
+    return path
+
+
+def _frames_to_seconds(encoder: Encoder):
+    hop = encoder.cleaner.hop_length
+
+    def seconds(batch: dict) -> float:
+        for name in ("degraded", "clean"):
+            if name in batch:
+                return float(batch[f"{name}_lengths"].sum()) / ENCODER_SAMPLE_RATE
+        return float(batch["features_lengths"].sum()) * hop / ENCODER_SAMPLE_RATE
+
+    return seconds
+
+
+# --------------------------------------------------------------------------- stage 1
+
+def train_stage1(config: TrainConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
+                 tracker=None, resume: bool = False, degrade=None) -> StageResult:
+    """Train the parallel adapters so that degraded input gives the clean input's features."""
+    out_dir, data_root = Path(out_dir), Path(data_root)
+    prepare_out_dir(out_dir, resume)
+    stage = config.stage1
+    with stage_session(config, "stage1", out_dir, tracker) as (ctx, tracker):
+        encoder = build_encoder(config, cache_dir_for(config, out_dir), ctx.device)
+        _write_encoder_record(out_dir, encoder, config, ctx)
+        items = load_items(data_root, config.data.split, config.data.max_seconds, config.data.min_seconds)
+        batch = per_rank_batch_size(ctx, stage.batch_size, "stage1.batch_size")
+        cache = None
+        if config.cache.enabled:
+            cache = FeatureCache(cache_dir_for(config, out_dir), encoder.identity)
+            fill_feature_cache(encoder, cache, data_root, items, ctx, config.runtime, batch, config.data.num_workers)
+        dataset = TrainingDataset(data_root, items, seed=config.runtime.seed,
+                                  degrade=degrade or make_degrader(data_root, _degradation(config)),
+                                  clean=cache is None, features=cache)
+        cleaner = encoder.cleaner.train()
+        model = ddp(cleaner, ctx)
+        optimizer = optimizer_for(cleaner.adapter_parameters(), stage)
+        scheduler = scheduler_for(optimizer, stage)
+        autocast = autocast_for(ctx, config.runtime)
+
+        def step(batch: dict) -> dict[str, float]:
+            degraded, lengths = batch["degraded"].to(ctx.device), batch["degraded_lengths"].to(ctx.device)
+            if cache is not None:
+                target, target_frames = batch["features"].to(ctx.device), batch["features_lengths"].to(ctx.device)
+            else:
+                with torch.no_grad(), autocast:
+                    target, target_frames = cleaner(batch["clean"].to(ctx.device), batch["clean_lengths"].to(ctx.device),
+                                                    use_adapters=False)
+            with autocast:
+                predicted, frames = model(degraded, lengths, use_adapters=True)
+            loss = feature_cleaner_loss(predicted, target, torch.minimum(frames, target_frames))
+            optimizer.zero_grad(set_to_none=True)
+            loss.total.backward()
+            clip(cleaner.adapter_parameters(), stage.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            return {**loss.metrics(), "lr": scheduler.get_last_lr()[0]}
+
+        sampler = LengthBucketBatchSampler(dataset.lengths(), stage.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+                                           seed=config.runtime.seed, bucket_window=config.data.bucket_window)
+        state = Resumable({"adapters": cleaner.adapters}, {"adapters": optimizer}, {"adapters": scheduler})
+        result = run_loop(stage="stage1", stage_config=stage, ctx=ctx, runtime=config.runtime, out_dir=out_dir,
+                          state=state, dataset=dataset, sampler=sampler, step=step, tracker=tracker,
+                          num_workers=config.data.num_workers, resume=resume, seconds_of=_frames_to_seconds(encoder))
+        result.encoder_identity = encoder.identity
+        if not result.interrupted:
+            result.weights = _finish(ctx, out_dir, {ADAPTERS_FILE: cleaner.adapters}, result, tracker)
+        return result
+
+
+# --------------------------------------------------------------------------- stages 2 and 3
+
+def train_stage2(config: TrainConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
+                 tracker=None, resume: bool = False) -> StageResult:
+    """Pretrain the vocoder (HiFi-GAN) on the frozen encoder's features of clean items."""
+    return _train_vocoder("stage2", config, Path(data_root), Path(out_dir), tracker=tracker, resume=resume)
+
+
+def train_stage3(config: TrainConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
+                 stage1_dir: str | os.PathLike, stage2_dir: str | os.PathLike, tracker=None, resume: bool = False,
+                 degrade=None) -> StageResult:
+    """Fine-tune the stage-2 vocoder on stage-1-cleaned features of degraded items."""
+    return _train_vocoder("stage3", config, Path(data_root), Path(out_dir), tracker=tracker, resume=resume,
+                          stage1_dir=Path(stage1_dir), stage2_dir=Path(stage2_dir), degrade=degrade)
+
+
+def _train_vocoder(name: str, config: TrainConfig, data_root: Path, out_dir: Path, *, tracker, resume: bool,
+                   stage1_dir: Path | None = None, stage2_dir: Path | None = None, degrade=None) -> StageResult:
+    from miipher2.model.gan import GanLosses, build_discriminator
+
+    prepare_out_dir(out_dir, resume)
+    stage: VocoderStageConfig = getattr(config, name)
+    with stage_session(config, name, out_dir, tracker) as (ctx, tracker):
+        encoder = build_encoder(config, cache_dir_for(config, out_dir), ctx.device)
+        cleaner = encoder.cleaner.eval()
+        cleaner.requires_grad_(False)  # frozen here, adapters included
+        vocoder, discriminator = build_vocoder(config, cleaner), build_discriminator()
+        if name == "stage3":
+            _require_same_encoder(stage1_dir, encoder, "stage 1")
+            _require_same_encoder(stage2_dir, encoder, "stage 2")
+            load_weights(cleaner.adapters, _require_file(stage1_dir / ADAPTERS_FILE, "stage 1"))
+            load_weights(vocoder, _require_file(stage2_dir / VOCODER_FILE, "stage 2"))
+            load_weights(discriminator, _require_file(stage2_dir / DISCRIMINATOR_FILE, "stage 2"))
+        _write_encoder_record(out_dir, encoder, config, ctx)
+        vocoder, discriminator = vocoder.to(ctx.device).train(), discriminator.to(ctx.device).train()
+
+        items = load_items(data_root, config.data.split, config.data.max_seconds, config.data.min_seconds)
+        batch_size = per_rank_batch_size(ctx, stage.batch_size, f"{name}.batch_size")
+        hop_out = vocoder.hop_length
+        common = dict(seed=config.runtime.seed, target_rate=config.vocoder.sample_rate)
+        if name == "stage3":  # windows are cut after the cleaner has seen the whole item
+            dataset = TrainingDataset(data_root, items, degrade=degrade or make_degrader(data_root, _degradation(config)),
+                                      **common)
+        elif config.cache.enabled:
+            cache = FeatureCache(cache_dir_for(config, out_dir), encoder.identity)
+            fill_feature_cache(encoder, cache, data_root, items, ctx, config.runtime, batch_size, config.data.num_workers)
+            dataset = TrainingDataset(data_root, items, features=cache, window_frames=stage.segment_frames,
+                                      frame_hop=cleaner.hop_length, **common)
+        else:
+            dataset = TrainingDataset(data_root, items, clean=True, **common)
+
+        generator, critic = ddp(vocoder, ctx), ddp(discriminator, ctx)
+        gan = GanLosses(config.vocoder.sample_rate, stage.mel_weight, stage.feature_matching_weight).to(ctx.device)
+        opt_g = optimizer_for(vocoder.parameters(), stage)
+        opt_d = optimizer_for(discriminator.parameters(), stage, lr=stage.discriminator_lr)
+        sched_g, sched_d = scheduler_for(opt_g, stage), scheduler_for(opt_d, stage)
+        autocast = autocast_for(ctx, config.runtime)
+
+        def features_and_targets(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+            if "features" in batch and "degraded" not in batch:  # cut to windows by the dataset
+                return batch["features"].to(ctx.device), batch["target_wave"].to(ctx.device)
+            wave_name = "degraded" if "degraded" in batch else "clean"
+            with torch.no_grad(), autocast:
+                features, frames = cleaner(batch[wave_name].to(ctx.device), batch[f"{wave_name}_lengths"].to(ctx.device),
+                                           use_adapters=name == "stage3")
+            return cut_windows(features.float(), frames, batch["target_wave"].to(ctx.device), batch["window"],
+                               stage.segment_frames, hop_out)
+
+        def step(batch: dict) -> dict[str, float]:
+            features, real = features_and_targets(batch)
+            with autocast:
+                fake = generator(features)
+            fake, real = fake.float(), real[:, : fake.shape[1]]
+            d_terms = gan.discriminator_loss(critic, fake, real)
+            opt_d.zero_grad(set_to_none=True)
+            d_terms["loss"].backward()
+            clip(discriminator.parameters(), stage.grad_clip)
+            opt_d.step()
+            with critic.no_sync() if ctx.distributed else contextlib.nullcontext():
+                g_terms = gan.generator_loss(critic, fake, real)  # discriminator grads here are discarded
+            opt_g.zero_grad(set_to_none=True)
+            g_terms["loss"].backward()
+            clip(vocoder.parameters(), stage.grad_clip)
+            opt_g.step()
+            sched_g.step()
+            sched_d.step()
+            return {"loss": g_terms["loss"].item(), "mel": g_terms["mel"].item(),
+                    "adversarial": g_terms["adversarial"].item(), "feature_matching": g_terms["feature_matching"].item(),
+                    "discriminator": d_terms["loss"].item(), "lr": sched_g.get_last_lr()[0]}
+
+        sampler = LengthBucketBatchSampler(dataset.lengths(), stage.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+                                           seed=config.runtime.seed, bucket_window=config.data.bucket_window)
+        window_seconds = stage.segment_frames * cleaner.hop_length / ENCODER_SAMPLE_RATE
+        state = Resumable({"vocoder": vocoder, "discriminator": discriminator},
+                          {"vocoder": opt_g, "discriminator": opt_d}, {"vocoder": sched_g, "discriminator": sched_d})
+        result = run_loop(stage=name, stage_config=stage, ctx=ctx, runtime=config.runtime, out_dir=out_dir, state=state,
+                          dataset=dataset, sampler=sampler, step=step, tracker=tracker,
+                          num_workers=config.data.num_workers, resume=resume,
+                          seconds_of=lambda batch: window_seconds * len(batch["keys"]))
+        result.encoder_identity = encoder.identity
+        if not result.interrupted:
+            result.weights = _finish(ctx, out_dir, {VOCODER_FILE: vocoder, DISCRIMINATOR_FILE: discriminator},
+                                     result, tracker)
+        return result
+
+
+def cut_windows(features: torch.Tensor, frames: torch.Tensor, waves: torch.Tensor, fractions: torch.Tensor,
+                window: int, hop_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training window per item: `window` frames of features and the matching output samples."""
+    feature_cuts, wave_cuts = [], []
+    for feats, n, wave, fraction in zip(features, frames.tolist(), waves, fractions.tolist()):
+        start = window_start(int(n), fraction, window)
+        piece = feats[start: start + window]
+        feature_cuts.append(nn.functional.pad(piece, (0, 0, 0, window - piece.shape[0])))
+        samples = wave[start * hop_out: (start + window) * hop_out]
+        wave_cuts.append(nn.functional.pad(samples, (0, window * hop_out - samples.shape[0])))
+    return torch.stack(feature_cuts), torch.stack(wave_cuts)
+
+
+def _degradation(config: TrainConfig):
+    if config.data.degradation is None:
+        return None
+    import yaml
+
+    from miipher2.data.degrade import DegradationConfig
+
+    return DegradationConfig.from_dict(yaml.safe_load(Path(config.data.degradation).read_text()) or {})
+
+
+def _finish(ctx: DistContext, out_dir: Path, modules: dict[str, nn.Module], result: StageResult, tracker) -> dict[str, Path]:
+    """Final weights beside the checkpoints, then `result.json`: its presence means 'complete'."""
+    paths = {name: out_dir / name for name in modules}
+    if ctx.is_main:
+        for name, module in modules.items():
+            save_weights(module, paths[name])
+        result.weights = paths
+        _write_atomic(out_dir / "result.json", result.to_json())
+        tracker.log_artifact(out_dir / "result.json")
+        tracker.log_artifact(out_dir / "config.yaml")
+    barrier(ctx)
+    return paths
+
+
+# --------------------------------------------------------------------------- export
+
+def export_model(config: TrainConfig, stage1_dir: str | os.PathLike, stage3_dir: str | os.PathLike,
+                 model_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Compose stage-1 adapters and the stage-3 vocoder into a `Restorer` model directory."""
+    from miipher2.model.restorer import Restorer
+
+    stage1_dir, stage3_dir, model_dir = Path(stage1_dir), Path(stage3_dir), Path(model_dir)
+    encoder = build_encoder(config, Path(cache_dir) if cache_dir else cache_dir_for(config, stage3_dir), torch.device("cpu"))
+    _require_same_encoder(stage1_dir, encoder, "stage 1")
+    _require_same_encoder(stage3_dir, encoder, "stage 3")
+    vocoder = build_vocoder(config, encoder.cleaner)
+    load_weights(encoder.cleaner.adapters, _require_file(stage1_dir / ADAPTERS_FILE, "stage 1"))
+    load_weights(vocoder, _require_file(stage3_dir / VOCODER_FILE, "stage 3"))
+    Restorer(encoder.cleaner, vocoder, encoder.source).save_pretrained(model_dir)
+    return model_dir
