@@ -94,7 +94,7 @@ class DemoSummary:
                          f"{self.minutes(split):5.1f} min  ({per_language})")
         total = sum(self.minutes(split) for split in SPLITS)
         lines.append(f"  speech: {total:.1f} min in clean/, manifests in manifests/")
-        lines.append(f"  noise/: {len(self.noises)} recordings ({', '.join(self.noises)}); rir/: {self.rooms} rooms (rirs.csv)")
+        lines.append(f"  noise/: {len(self.noises)} recordings ({', '.join(sorted(self.noises))}); rir/: {self.rooms} rooms (rirs.csv)")
         lines.append("  degraded/: val and test" if self.degraded else "  degraded/: not materialised")
         return "\n".join(lines)
 

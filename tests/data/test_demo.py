@@ -198,3 +198,9 @@ def test_full_corpus_has_the_promised_size(tmp_path):
     assert 20 <= sum(summary.minutes(split) for split in SPLITS) <= 40
     for name in demo.NOISE_NAMES:
         assert sf.info(tmp_path / "data" / "noise" / f"{name}.wav").duration >= 10
+
+
+def test_load_summary_describes_an_existing_corpus(tiny_corpus):
+    root, built = tiny_corpus
+    loaded = demo.load_summary(root)
+    assert str(loaded) == str(built)
