@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(espeak-ng sox pocketsphinx-testdata libsndfile1 chromium)
+SYSTEM_PACKAGES=(espeak-ng sox pocketsphinx-testdata libsndfile1 chromium postgresql)
 VENV=.venv
 PY=${PYTHON:-python3}
 STAMP=$VENV/.setup-stamp
