@@ -15,6 +15,7 @@ which is what lets a retried (preempted) step resume instead of starting over.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -106,83 +107,125 @@ def validate_data(*, repo: str, revision: str, remote: str, workspace: str, repo
 def train_adapters(*, data_root: str, lineage: Lineage, training_preset: str, overrides: Sequence[str],
                    workspace: str, out_dir: str) -> StepResult:
     """Stage 1: parallel adapters on (degraded -> clean) features. Resumes from its checkpoints."""
-    from miipher2.train import train_stage1
+    from miipher2.train.stages import train_stage1
 
-    return _train_stage("train_pa", train_stage1, data_root, lineage, training_preset, overrides, workspace, out_dir)
+    config = training_config(training_preset, overrides, lineage.backbone, workspace)
+    with step_run("train_pa", lineage) as tracker:
+        result = train_stage1(config, data_root, _work_dir(workspace, lineage, "train_pa"), tracker=tracker,
+                              resume=True)
+        return _publish_stage(result, out_dir, tracker)
 
 
 def pretrain_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, overrides: Sequence[str],
                      workspace: str, out_dir: str) -> StepResult:
     """Stage 2: the vocoder on clean features; independent of stage 1, so it runs beside it."""
-    from miipher2.train import train_stage2
+    from miipher2.train.stages import train_stage2
 
-    return _train_stage("pretrain_vocoder", train_stage2, data_root, lineage, training_preset, overrides,
-                        workspace, out_dir)
+    config = training_config(training_preset, overrides, lineage.backbone, workspace)
+    with step_run("pretrain_vocoder", lineage) as tracker:
+        result = train_stage2(config, data_root, _work_dir(workspace, lineage, "pretrain_vocoder"), tracker=tracker,
+                              resume=True)
+        return _publish_stage(result, out_dir, tracker)
 
 
 def finetune_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, overrides: Sequence[str],
                      workspace: str, adapters_dir: str, vocoder_dir: str, out_dir: str) -> StepResult:
-    """Stage 3: the vocoder on adapter-cleaned features; writes the complete restorer to `out_dir`."""
-    from miipher2.train import train_stage3
+    """Stage 3: the vocoder on adapter-cleaned features; `out_dir` receives the complete restorer."""
+    from miipher2.train.stages import export_model, train_stage3
 
-    return _train_stage("finetune_vocoder", train_stage3, data_root, lineage, training_preset, overrides,
-                        workspace, out_dir, adapters=adapters_dir, vocoder=vocoder_dir)
-
-
-def _train_stage(step: str, train_fn, data_root: str, lineage: Lineage, training_preset: str,
-                 overrides: Sequence[str], workspace: str, out_dir: str, **inputs: str) -> StepResult:
     config = training_config(training_preset, overrides, lineage.backbone, workspace)
-    # Keyed by the KFP run: a retry of this step (same run) resumes; another run starts afresh.
-    work_dir = Path(workspace) / "runs" / _safe_name(lineage.kfp_run_id) / step
-    with step_run(step, lineage) as tracker:
-        result = train_fn(config, data_root, work_dir, tracker=tracker, **inputs)
-        final = Path(result.final_dir if hasattr(result, "final_dir") else result)
-        tracker.log_artifact(final, "final")
-    _copy_tree(final, Path(out_dir))
-    metrics = dict(getattr(result, "metrics", {}) or {})
-    return StepResult(out_dir=str(out_dir), metrics={k: float(v) for k, v in metrics.items()})
+    work_dir = _work_dir(workspace, lineage, "finetune_vocoder")
+    with step_run("finetune_vocoder", lineage) as tracker:
+        result = train_stage3(config, data_root, work_dir, stage1_dir=adapters_dir, stage2_dir=vocoder_dir,
+                              tracker=tracker, resume=True)
+        _require_complete(result)
+        staging = Path(f"{out_dir}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        export_model(config, adapters_dir, work_dir, staging)
+        _replace_dir(staging, Path(out_dir))
+        tracker.log_artifact(out_dir, "model")
+    return StepResult(out_dir=str(out_dir), metrics=_numbers(result.metrics, prefix="stage3."))
+
+
+def _work_dir(workspace: str, lineage: Lineage, step: str) -> Path:
+    """Checkpoints of `step`, keyed by the KFP run: a retry (same run) resumes, another run starts afresh."""
+    return Path(workspace) / "runs" / _safe_name(lineage.kfp_run_id) / step
+
+
+def _publish_stage(result, out_dir: str, tracker) -> StepResult:
+    """Copy a finished stage's final weights and records (not its checkpoints) into the output artifact."""
+    _require_complete(result)
+    staging = Path(f"{out_dir}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    records = [Path(result.out_dir) / name for name in ("config.yaml", "encoder.json", "result.json")]
+    for path in [*result.weights.values(), *records]:
+        shutil.copy2(path, staging / Path(path).name)
+    _replace_dir(staging, Path(out_dir))
+    tracker.log_artifact(out_dir, "final")
+    return StepResult(out_dir=str(out_dir), metrics=_numbers(result.metrics, prefix=f"{result.stage}."))
+
+
+def _require_complete(result) -> None:
+    if result.interrupted:
+        # Fail the step: KFP retries it (set_retry) and the retry resumes from this checkpoint.
+        raise RuntimeError(f"{result.stage} stopped at step {result.step} (SIGTERM) after checkpointing "
+                           f"{result.checkpoint_dir}; a retry resumes from there")
 
 
 def evaluate(*, model_dir: str, data_root: str, lineage: Lineage, split: str, out_dir: str,
              max_utterances: int = 0) -> StepResult:
-    """Objective metrics of the restorer against the clean references, and the HTML/Markdown report."""
-    from miipher2.evaluate import evaluate_model, write_report
+    """Objective metrics of the restorer and the baselines, and the HTML/Markdown report."""
+    from miipher2.evaluate.run import evaluate_model
 
     with step_run("evaluate", lineage) as tracker:
+        # Tracking off inside: this step's child run gets the metrics, with the lineage tags.
         result = evaluate_model(model_dir, data_root, split=split, out_dir=out_dir,
-                                max_utterances=max_utterances or None, tracker=tracker)
-        html, markdown = write_report(result, out_dir)
-        metrics = {k: float(v) for k, v in result.headline.items() if v is not None}
-        tracker.log_metrics(metrics)
+                                max_utterances=max_utterances or None, tracking=False)
+        overall = result.aggregates[result.aggregates["group_by"] == "all"]
+        tracker.log_params({"split": split, "max_utterances": max_utterances,
+                            "utterances": result.table["utt_id"].nunique(), "systems": ",".join(result.systems)})
+        tracker.log_metrics(_numbers({f"{r.system}.{r.metric}": r.mean for r in overall.itertuples()}))
         tracker.log_artifact(out_dir, "evaluation")
-    return StepResult(out_dir=str(out_dir), metrics=metrics, files={"html": str(html), "markdown": str(markdown)})
+    return StepResult(out_dir=str(out_dir), metrics=_numbers(result.headline),
+                      files={"html": str(result.html_path), "markdown": str(result.markdown_path)})
 
 
-def register(*, model_dir: str, lineage: Lineage, model_name: str, metrics: dict[str, float]) -> dict[str, Any]:
+def register(*, model_dir: str, lineage: Lineage, model_name: str, metrics: dict[str, float]) -> dict[str, str]:
     """Register the restorer as a new MLflow model version with alias `challenger`.
 
-    The headline metrics also go onto the parent run, so two pipeline runs compare side by side.
+    The registration run is a child of the pipeline's parent run like every step's, tagged with
+    the lineage; the version gets the lineage as tags too. The headline metrics also go onto the
+    parent run, so that two pipeline runs compare side by side in the MLflow UI.
     """
-    from miipher2.registry import register_model
+    import mlflow
 
-    with step_run("register", lineage) as tracker:
-        version = register_model(model_dir, model_name, tags={**lineage.tags(), **{f"metric.{k}": v for k, v in metrics.items()}},
-                                 run_id=tracker.run_id)
-        tracker.set_tags({"registered_model": model_name, "registered_version": version.version})
-    with step_run("pipeline", lineage, into_parent=True) as parent:
+    from miipher2.registry import register_restorer
+
+    with step_run("register", lineage, into_parent=True) as parent:
+        version = register_restorer(model_dir, model_name, dataset_revision=lineage.dataset_revision,
+                                    git_commit=lineage.git_commit, metrics=metrics, experiment=lineage.experiment)
+        client = mlflow.MlflowClient()
+        for key, value in {**lineage.tags(), "pipeline_step": "register"}.items():
+            client.set_tag(version.tags["source_run"], key, value)
+        for key in ("dataset_md5", "kfp_run_id", "backbone"):
+            client.set_model_version_tag(model_name, version.version, key, getattr(lineage, key))
         parent.log_metrics(metrics)
         parent.set_tags({"registered_model": model_name, "registered_version": version.version})
-    return {"name": model_name, "version": str(version.version), "aliases": list(getattr(version, "aliases", []))}
+    return {"name": model_name, "version": str(version.version)}
 
 
-def _copy_tree(source: Path, dest: Path) -> None:
-    """Copy a directory's files into `dest` through a temp directory, so `dest` is whole or absent."""
-    staging = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
+def _replace_dir(staging: Path, dest: Path) -> None:
+    """Move a completed `staging` directory to `dest`, so `dest` is always whole or absent."""
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(staging, dest)
+
+
+def _numbers(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Finite numeric entries only: KFP Metrics and MLflow both refuse NaN and text."""
+    return {f"{prefix}{k}": float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and math.isfinite(float(v))}
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -48,6 +48,11 @@ class ClusterConfig:
         "miipher2-mlflow": {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
                             "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
     })
+    # Keys a Secret may lack (S3-compatible endpoints, region): mapped as optional.
+    optional_secrets: dict[str, dict[str, str]] = field(default_factory=lambda: {
+        "miipher2-s3": {"AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+                        "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL"},
+    })
     # Non-secret settings (tracking URI, S3 endpoints) from the platform's ConfigMap.
     settings_config_map: str = "miipher2-settings"
     settings: dict[str, str] = field(default_factory=lambda: {
@@ -124,6 +129,8 @@ def build_training_pipeline(cluster: ClusterConfig | None = ClusterConfig()):
 def _with_credentials(task: dsl.PipelineTask, cluster: ClusterConfig) -> None:
     for secret, keys in cluster.secrets.items():
         kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=keys)
+    for secret, keys in cluster.optional_secrets.items():
+        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=keys, optional=True)
     kubernetes.use_config_map_as_env(task, config_map_name=cluster.settings_config_map,
                                      config_map_key_to_env=cluster.settings)
 
