@@ -1,0 +1,178 @@
+"""The compiled training pipeline: DAG, GPU and pool settings, Secrets, retries, caching, golden copy."""
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components._base import DEFAULT_IMAGE, IMAGE
+from pipelines.run import compile_pipeline, normalised
+
+GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "training.yaml"
+GPU_TASKS = {"train-pa", "pretrain-vocoder", "finetune-vocoder", "evaluate"}
+CPU_TASKS = {"validate-data", "register"}
+CANARIES = {"AWS_SECRET_ACCESS_KEY": "canary-s3-secret-7f3a", "AWS_ACCESS_KEY_ID": "CANARYKEYID7F3A",
+            "MLFLOW_TRACKING_PASSWORD": "canary-mlflow-password-7f3a", "KFP_TOKEN": "canary-kfp-token-7f3a"}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    # Credentials in the compiling process's environment must not leak into the spec.
+    saved = {k: os.environ.get(k) for k in CANARIES}
+    os.environ.update(CANARIES)
+    try:
+        path = compile_pipeline(tmp_path_factory.mktemp("compiled") / "training.yaml")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    text = path.read_text()
+    spec, platform = yaml.safe_load_all(text)
+    return text, spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _tasks(spec):
+    """task name -> task spec, across the root DAG and the dataset-valid condition's sub-DAG."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def _executor(spec, task):
+    component = spec["components"][_tasks(spec)[task]["componentRef"]["name"]]
+    return spec["deploymentSpec"]["executors"][component["executorLabel"]]
+
+
+def test_dag_edges(compiled):
+    _, spec, _ = compiled
+    tasks = _tasks(spec)
+    assert set(tasks) >= GPU_TASKS | CPU_TASKS
+    deps = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
+    # Inside the condition, stage 1 and 2 depend on nothing but the (parent-scope) dataset: parallel.
+    assert deps["train-pa"] == set() and deps["pretrain-vocoder"] == set()
+    assert deps["finetune-vocoder"] == {"train-pa", "pretrain-vocoder"}
+    assert deps["evaluate"] == {"finetune-vocoder"}
+    assert deps["register"] == {"evaluate", "finetune-vocoder"}
+    for name in ("train-pa", "pretrain-vocoder", "finetune-vocoder", "evaluate", "register"):
+        assert tasks[name]["inputs"]["artifacts"]["dataset"] == {
+            "componentInputArtifact": "pipelinechannel--validate-data-dataset"}
+
+
+def test_everything_after_validation_is_gated_on_its_result(compiled):
+    _, spec, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"validate-data", "condition-1"}
+    condition = root["condition-1"]
+    assert condition["dependentTasks"] == ["validate-data"]
+    assert condition["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--validate-data-Output'] == true"
+    gated = set(spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"])
+    assert gated == GPU_TASKS | {"register"}
+    # The validation report is an output of the ungated step, so it exists whatever the outcome.
+    outputs = spec["components"]["comp-validate-data"]["outputDefinitions"]["artifacts"]
+    assert outputs["report"]["artifactType"]["schemaTitle"] == "system.Markdown"
+
+
+def test_typed_artifacts_flow_between_steps(compiled):
+    _, spec, _ = compiled
+    types = {name: {key: a["artifactType"]["schemaTitle"] for key, a in
+                    comp.get("outputDefinitions", {}).get("artifacts", {}).items()}
+             for name, comp in spec["components"].items() if "executorLabel" in comp}
+    assert types["comp-validate-data"]["dataset"] == "system.Dataset"
+    assert types["comp-train-pa"]["adapters"] == "system.Model"
+    assert types["comp-pretrain-vocoder"]["vocoder"] == "system.Model"
+    assert types["comp-finetune-vocoder"]["model"] == "system.Model"
+    assert types["comp-evaluate"] == {"metrics": "system.Metrics", "report_html": "system.HTML",
+                                      "report_markdown": "system.Markdown", "results": "system.Artifact"}
+
+
+def test_gpu_only_where_needed(compiled):
+    _, spec, platform = compiled
+    for task in GPU_TASKS:
+        resources = _executor(spec, task)["container"]["resources"]
+        accelerator = resources["accelerator"]
+        assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "1"), task
+        label = _executor_label(spec, task)
+        assert platform[label]["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in platform[label]["tolerations"]
+        assert {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi", "volumeName": "dshm"} in \
+            platform[label]["emptyDirMounts"]
+    for task in CPU_TASKS:
+        assert "accelerator" not in _executor(spec, task)["container"].get("resources", {}), task
+        assert "tolerations" not in platform[_executor_label(spec, task)]
+
+
+def _executor_label(spec, task):
+    return spec["components"][_tasks(spec)[task]["componentRef"]["name"]]["executorLabel"]
+
+
+def test_workspace_volume_for_data_checkpoints_and_cache(compiled):
+    _, spec, platform = compiled
+    for task in GPU_TASKS | {"validate-data"}:
+        mounts = platform[_executor_label(spec, task)]["pvcMount"]
+        assert [(m["constant"], m["mountPath"]) for m in mounts] == [("miipher2-workspace", "/workspace")]
+    assert spec["root"]["inputDefinitions"]["parameters"]["workspace"]["defaultValue"] == "/workspace"
+
+
+def test_credentials_only_from_secrets(compiled):
+    text, spec, platform = compiled
+    for task in GPU_TASKS | CPU_TASKS:
+        secrets = {(s["secretName"], e["envVar"], s["optional"]) for s in platform[_executor_label(spec, task)]["secretAsEnv"]
+                   for e in s["keyToEnv"]}
+        assert {("miipher2-s3", "AWS_ACCESS_KEY_ID", False), ("miipher2-s3", "AWS_SECRET_ACCESS_KEY", False),
+                ("miipher2-mlflow", "MLFLOW_TRACKING_PASSWORD", False),
+                ("miipher2-s3", "MLFLOW_S3_ENDPOINT_URL", True)} <= secrets, task
+    # No credential is a pipeline parameter, and no credential value is anywhere in the spec.
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert not [p for p in params if any(word in p.lower() for word in ("secret", "password", "token", "key"))]
+    for value in CANARIES.values():
+        assert value not in text
+    for task in GPU_TASKS | CPU_TASKS:
+        assert "env" not in _executor(spec, task)["container"], "no literal environment variables"
+
+
+def test_retries_on_gpu_steps_only(compiled):
+    _, spec, _ = compiled
+    tasks = _tasks(spec)
+    for task in GPU_TASKS:
+        assert tasks[task]["retryPolicy"]["maxRetryCount"] == 3, task
+    for task in CPU_TASKS:
+        assert "retryPolicy" not in tasks[task], task
+
+
+def test_no_step_can_be_served_from_cache(compiled):
+    _, spec, _ = compiled
+    for name, task in _tasks(spec).items():
+        if "executorLabel" in spec["components"][task["componentRef"]["name"]]:
+            assert not task.get("cachingOptions", {}).get("enableCache"), name
+
+
+def test_steps_run_in_our_image_without_installing_kfp(compiled):
+    _, spec, _ = compiled
+    for executor in spec["deploymentSpec"]["executors"].values():
+        assert executor["container"]["image"] == IMAGE
+        assert "pip install" not in " ".join(executor["container"]["command"])
+
+
+def test_golden_copy_matches(compiled):
+    """The committed pipelines/training.yaml is what the source compiles to.
+
+    After an intended change: .venv/bin/miipher2 pipeline compile -o pipelines/training.yaml
+    """
+    if IMAGE != DEFAULT_IMAGE:
+        pytest.skip(f"MIIPHER2_IMAGE={IMAGE} is set; the golden copy uses {DEFAULT_IMAGE}")
+    text, _, _ = compiled
+    assert normalised(text) == normalised(GOLDEN.read_text()), (
+        "pipelines/training.yaml is stale: review the change, then regenerate it with "
+        "`.venv/bin/miipher2 pipeline compile -o pipelines/training.yaml`")
+
+
+def test_compiles_without_cluster_settings(tmp_path):
+    from pipelines.training import ClusterConfig  # noqa: F401 — the switch is the `cluster` argument
+
+    text = compile_pipeline(tmp_path / "plain.yaml", cluster=None).read_text()
+    assert "platforms" not in text and "accelerator" not in text and "retryPolicy" not in text
