@@ -121,6 +121,20 @@ def file_hashes(root: str | os.PathLike) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): _md5(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def directory_md5(root: str | os.PathLike) -> str:
+    """DVC's hash (`<md5>.dir`) of any directory, as `dvc add` would record it (nothing is cached)."""
+    import tempfile
+
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+
+    fs = LocalFileSystem()
+    with tempfile.TemporaryDirectory(prefix="miipher2-dvc-hash-") as scratch:
+        _, _, tree = build(HashFileDB(fs, scratch), str(Path(root).absolute()), fs, "md5", dry_run=True)
+    return tree.hash_info.value
+
+
 # --------------------------------------------------------------------------- workspace operations
 
 def workspace_md5(repo_root: str | os.PathLike, dvcfile: str = f"{DATASET_PATH}.dvc") -> tuple[str, str | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,9 @@ from miipher2.data import demo, synth
 from miipher2.data.demo import DemoBuildError, DemoConfig, build_demo
 from miipher2.data.manifest import COLUMNS, SPLITS, manifest_path, read_manifest
 from miipher2.data.paths import resolve_inside
-from miipher2.data.versioning import file_hashes
+from miipher2.data.versioning import directory_md5, file_hashes
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +192,14 @@ def test_simulated_room_reaches_target_rt60(target):
 
 
 @pytest.mark.slow
-def test_full_corpus_has_the_promised_size(tmp_path):
+def test_full_corpus_has_the_promised_size_and_reproduces_data_dvc(tmp_path):
+    import yaml
+
     summary = build_demo(tmp_path / "data")
+    pinned = yaml.safe_load((REPO_ROOT / "data.dvc").read_text())["outs"][0]["md5"]
+    assert directory_md5(tmp_path / "data") == pinned, (
+        "the demo build no longer reproduces data.dvc: if the builder or degradation code changed on purpose, "
+        "run `miipher2 data build-demo && dvc add data && dvc push` and commit data.dvc; else the build lost determinism")
     frames = summary.manifests
     synthetic = pd.concat(frames.values()).query("speaker != 'en-librivox'")
     assert synthetic["language"].nunique() >= 8

@@ -10,8 +10,8 @@ import pytest
 
 from miipher2.data import versioning
 from miipher2.data.demo import DemoConfig, build_demo
-from miipher2.data.versioning import (DatasetVersionError, DeterminismError, dataset_md5, ensure_demo_dataset,
-                                      fetch_dataset, file_hashes, pull, push, workspace_md5)
+from miipher2.data.versioning import (DatasetVersionError, DeterminismError, dataset_md5, directory_md5,
+                                      ensure_demo_dataset, fetch_dataset, file_hashes, pull, push, workspace_md5)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "miipher2-test"
@@ -193,6 +193,7 @@ def test_ensure_demo_dataset_keeps_pulls_or_rebuilds(tmp_path, monkeypatch):
     pinned = file_hashes(repo_path / "data")
 
     assert ensure_demo_dataset(repo_path, config=config) == "up to date"
+    assert directory_md5(repo_path / "data") == workspace_md5(repo_path)[0]
 
     _forget_local_copies(repo_path)  # a fresh clone: no data, no cache, nothing on the remote
     assert ensure_demo_dataset(repo_path, config=config) == "built and pushed"
