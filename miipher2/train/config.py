@@ -298,6 +298,11 @@ def _coerce(hint: Any, value: Any, at: str) -> Any:
             raise ConfigError(f"{at}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{at}: expected a number, got {value!r}")
         return float(value)

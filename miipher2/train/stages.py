@@ -34,7 +34,7 @@ from miipher2.train.data import (LengthBucketBatchSampler, TrainingDataset, coll
                                  window_start)
 from miipher2.train.distributed import DistContext, barrier, init_distributed, per_rank_batch_size
 from miipher2.train.feature_cache import FeatureCache, encoder_identity, weights_fingerprint
-from miipher2.train.loop import (StageResult, autocast_for, configure_backends, lr_multiplier, prepare_out_dir,
+from miipher2.train.loop import (StageResult, StepFn, autocast_for, configure_backends, lr_multiplier, prepare_out_dir,
                                  run_loop)
 from miipher2.train.losses import feature_cleaner_loss
 
@@ -215,23 +215,7 @@ def train_stage1(config: TrainConfig, data_root: str | os.PathLike, out_dir: str
         scheduler = scheduler_for(optimizer, stage)
         autocast = autocast_for(ctx, config.runtime)
 
-        def step(batch: dict) -> dict[str, float]:
-            degraded, lengths = batch["degraded"].to(ctx.device), batch["degraded_lengths"].to(ctx.device)
-            if cache is not None:
-                target, target_frames = batch["features"].to(ctx.device), batch["features_lengths"].to(ctx.device)
-            else:
-                with torch.no_grad(), autocast:
-                    target, target_frames = cleaner(batch["clean"].to(ctx.device), batch["clean_lengths"].to(ctx.device),
-                                                    use_adapters=False)
-            with autocast:
-                predicted, frames = model(degraded, lengths, use_adapters=True)
-            loss = feature_cleaner_loss(predicted, target, torch.minimum(frames, target_frames))
-            optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
-            clip(cleaner.adapter_parameters(), stage.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            return {**loss.metrics(), "lr": scheduler.get_last_lr()[0]}
+        step = stage1_step(cleaner, model, optimizer, scheduler, stage, ctx, autocast)
 
         sampler = LengthBucketBatchSampler(dataset.lengths(), stage.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                                            seed=config.runtime.seed, bucket_window=config.data.bucket_window)
@@ -303,37 +287,8 @@ def _train_vocoder(name: str, config: TrainConfig, data_root: Path, out_dir: Pat
         sched_g, sched_d = scheduler_for(opt_g, stage), scheduler_for(opt_d, stage)
         autocast = autocast_for(ctx, config.runtime)
 
-        def features_and_targets(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-            if "features" in batch and "degraded" not in batch:  # cut to windows by the dataset
-                return batch["features"].to(ctx.device), batch["target_wave"].to(ctx.device)
-            wave_name = "degraded" if "degraded" in batch else "clean"
-            with torch.no_grad(), autocast:
-                features, frames = cleaner(batch[wave_name].to(ctx.device), batch[f"{wave_name}_lengths"].to(ctx.device),
-                                           use_adapters=name == "stage3")
-            return cut_windows(features.float(), frames, batch["target_wave"].to(ctx.device), batch["window"],
-                               stage.segment_frames, hop_out)
-
-        def step(batch: dict) -> dict[str, float]:
-            features, real = features_and_targets(batch)
-            with autocast:
-                fake = generator(features)
-            fake, real = fake.float(), real[:, : fake.shape[1]]
-            d_terms = gan.discriminator_loss(critic, fake, real)
-            opt_d.zero_grad(set_to_none=True)
-            d_terms["loss"].backward()
-            clip(discriminator.parameters(), stage.grad_clip)
-            opt_d.step()
-            with critic.no_sync() if ctx.distributed else contextlib.nullcontext():
-                g_terms = gan.generator_loss(critic, fake, real)  # discriminator grads here are discarded
-            opt_g.zero_grad(set_to_none=True)
-            g_terms["loss"].backward()
-            clip(vocoder.parameters(), stage.grad_clip)
-            opt_g.step()
-            sched_g.step()
-            sched_d.step()
-            return {"loss": g_terms["loss"].item(), "mel": g_terms["mel"].item(),
-                    "adversarial": g_terms["adversarial"].item(), "feature_matching": g_terms["feature_matching"].item(),
-                    "discriminator": d_terms["loss"].item(), "lr": sched_g.get_last_lr()[0]}
+        step = vocoder_step(cleaner, vocoder, discriminator, generator, critic, gan, (opt_g, opt_d), (sched_g, sched_d),
+                            stage, ctx, autocast, use_adapters=name == "stage3", hop_out=hop_out)
 
         sampler = LengthBucketBatchSampler(dataset.lengths(), stage.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                                            seed=config.runtime.seed, bucket_window=config.data.bucket_window)
@@ -349,6 +304,83 @@ def _train_vocoder(name: str, config: TrainConfig, data_root: Path, out_dir: Pat
             result.weights = _finish(ctx, out_dir, {VOCODER_FILE: vocoder, DISCRIMINATOR_FILE: discriminator},
                                      result, tracker)
         return result
+
+
+
+# --------------------------------------------------------------------------- one training step
+
+def stage1_step(cleaner: nn.Module, model: nn.Module, optimizer, scheduler, stage: StageConfig, ctx: DistContext,
+                autocast) -> StepFn:
+    """Adapters only: `model` is the cleaner (DDP-wrapped across processes); targets come from
+    the batch (cached features) or from the frozen encoder without adapters."""
+
+    def step(batch: dict) -> dict[str, float]:
+        degraded, lengths = batch["degraded"].to(ctx.device), batch["degraded_lengths"].to(ctx.device)
+        if "features" in batch:
+            target, target_frames = batch["features"].to(ctx.device), batch["features_lengths"].to(ctx.device)
+        else:
+            with torch.no_grad(), autocast:
+                target, target_frames = cleaner(batch["clean"].to(ctx.device), batch["clean_lengths"].to(ctx.device),
+                                                use_adapters=False)
+        with autocast:
+            predicted, frames = model(degraded, lengths, use_adapters=True)
+        loss = feature_cleaner_loss(predicted, target, torch.minimum(frames, target_frames))
+        optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        clip(cleaner.adapter_parameters(), stage.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        return {**loss.metrics(), "lr": scheduler.get_last_lr()[0]}
+
+    return step
+
+
+def vocoder_step(cleaner: nn.Module, vocoder: nn.Module, discriminator: nn.Module, generator: nn.Module,
+                 critic: nn.Module, gan, optimizers, schedulers, stage: VocoderStageConfig, ctx: DistContext,
+                 autocast, *, use_adapters: bool, hop_out: int) -> StepFn:
+    """One HiFi-GAN step (discriminator, then generator) on a window of features.
+
+    Features come cut from the batch (stage 2 with the cache) or from the frozen cleaner, run
+    on the whole item without gradients: with adapters on degraded audio (stage 3), without on
+    clean audio (stage 2 without the cache). `generator` / `critic` are the DDP-wrapped
+    `vocoder` / `discriminator` when several processes train.
+    """
+    opt_g, opt_d = optimizers
+    sched_g, sched_d = schedulers
+
+    def features_and_targets(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if "features" in batch:
+            return batch["features"].to(ctx.device), batch["target_wave"].to(ctx.device)
+        wave_name = "degraded" if "degraded" in batch else "clean"
+        with torch.no_grad(), autocast:
+            features, frames = cleaner(batch[wave_name].to(ctx.device), batch[f"{wave_name}_lengths"].to(ctx.device),
+                                       use_adapters=use_adapters)
+        return cut_windows(features.float(), frames, batch["target_wave"].to(ctx.device), batch["window"],
+                           stage.segment_frames, hop_out)
+
+    def step(batch: dict) -> dict[str, float]:
+        features, real = features_and_targets(batch)
+        with autocast:
+            fake = generator(features)
+        fake, real = fake.float(), real[:, : fake.shape[1]]
+        d_terms = gan.discriminator_loss(critic, fake, real)
+        opt_d.zero_grad(set_to_none=True)
+        d_terms["loss"].backward()
+        clip(discriminator.parameters(), stage.grad_clip)
+        opt_d.step()
+        with critic.no_sync() if isinstance(critic, DistributedDataParallel) else contextlib.nullcontext():
+            g_terms = gan.generator_loss(critic, fake, real)  # the discriminator's grads here are discarded
+        opt_g.zero_grad(set_to_none=True)
+        g_terms["loss"].backward()
+        clip(vocoder.parameters(), stage.grad_clip)
+        opt_g.step()
+        sched_g.step()
+        sched_d.step()
+        return {"loss": g_terms["loss"].item(), "mel": g_terms["mel"].item(),
+                "adversarial": g_terms["adversarial"].item(), "feature_matching": g_terms["feature_matching"].item(),
+                "discriminator": d_terms["loss"].item(), "lr": sched_g.get_last_lr()[0]}
+
+    return step
 
 
 def cut_windows(features: torch.Tensor, frames: torch.Tensor, waves: torch.Tensor, fractions: torch.Tensor,
