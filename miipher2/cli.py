@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "miipher2.data.commands",
     "miipher2.pipeline_commands",
     "miipher2.evaluate_commands",
+    "miipher2.train_commands",
 )
 
 

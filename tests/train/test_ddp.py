@@ -1,0 +1,50 @@
+"""torchrun with 2 CPU processes (gloo) trains exactly like one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.train.ddp_driver import main as run_driver
+
+DRIVER = Path(__file__).with_name("ddp_driver.py")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def torchrun(*args) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(DRIVER), *map(str, args)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def losses(record: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (record / "losses.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_and_resume(corpus, shared_cache, tmp_path):
+    single = tmp_path / "single"
+    single.mkdir()
+    run_driver(str(corpus), str(tmp_path / "out-single"), str(shared_cache), "6", str(single))
+
+    ddp = tmp_path / "ddp"
+    ddp.mkdir()
+    torchrun(corpus, tmp_path / "out-ddp", shared_cache, 4, ddp)
+    saves_first = (ddp / "saves.txt").read_text().split()
+    torchrun(corpus, tmp_path / "out-ddp", shared_cache, 6, ddp, "resume")
+
+    reference, distributed = losses(single), losses(ddp)
+    assert len(reference) == len(distributed) == 6
+    np.testing.assert_allclose(distributed, reference, rtol=1e-4)
+    saves = (ddp / "saves.txt").read_text().split()
+    assert saves_first == ["0", "0"] and saves == ["0"] * 3  # steps 2, 4 then 6: rank 0 only
+    ckpts = sorted(p.name for p in (tmp_path / "out-ddp" / "checkpoints").iterdir())
+    assert ckpts == ["step-00000004", "step-00000006"]  # keep_checkpoints=2 from demo-cpu
