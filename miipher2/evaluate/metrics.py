@@ -61,6 +61,8 @@ def pesq_wb(reference: np.ndarray, estimate: np.ndarray, rate: int = METRIC_RATE
 
     _require_metric_rate(rate)
     reference, estimate = align(reference, estimate)
+    if not (np.any(reference) and np.any(estimate)):  # digital silence: PESQ would divide by zero
+        return math.nan
     try:
         return float(pesq(rate, reference, estimate, "wb"))
     except PesqError:  # e.g. silent or too short input: PESQ is undefined, not zero

@@ -62,7 +62,10 @@ class SpeakerEncoder:
         """Unit-norm embedding of a 16 kHz wave; None when no voiced audio is left to embed."""
         from resemblyzer import preprocess_wav
 
-        voiced = preprocess_wav(np.asarray(wave, dtype=np.float32).reshape(-1), source_sr=METRIC_RATE)
+        wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+        if np.sqrt(np.mean(wave ** 2)) < 1e-5:  # (near) digital silence: nothing to normalise or embed
+            return None
+        voiced = preprocess_wav(wave, source_sr=METRIC_RATE)
         if voiced.size < METRIC_RATE // 4:  # trimming removed (nearly) everything: silence
             return None
         return self._encoder.embed_utterance(voiced)

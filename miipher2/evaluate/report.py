@@ -29,6 +29,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2r
        color: #1d232a; background: #fff; padding: 0 1rem; }
 h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #dde; }
 .meta { color: #5a6570; }
+.scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: .8rem 0; font-size: .85rem; }
 th, td { border: 1px solid #d4d9de; padding: .25rem .5rem; text-align: right; white-space: nowrap; }
 th { background: #eef2f6; } td.key { text-align: left; font-weight: 600; }
@@ -95,7 +96,8 @@ def _aggregate_table(aggregates: pd.DataFrame, results, group_by: str) -> str:
             css = ' class="main"' if system == results.main_system else ""
             group_cell = "" if group_by == "all" else f'<td class="key">{_e(group)}</td>'
             rows.append(f'<tr{css}>{group_cell}<td class="key">{_e(system)}</td>{values}</tr>')
-    return f"<table><thead><tr>{group_header}<th>system</th>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return (f'<div class="scroll"><table><thead><tr>{group_header}<th>system</th>{header}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
 def _cell_html(cells: pd.DataFrame, metric: str) -> str:
@@ -143,7 +145,9 @@ def _example_html(table: pd.DataFrame, utt_id: str, systems: list[str]) -> str:
     waves = {s: read_audio(rows.at[s, "audio_file"], sample_rate=METRIC_RATE)[0][: int(EXAMPLE_SECONDS * METRIC_RATE)]
              for s in systems}
     meta = rows.iloc[0]
-    caption = f"{utt_id} · {meta.get('language', '')} · {meta.get('degradation_types', '')}"
+    effects = meta.get("degradation_types", "")
+    effects = " + ".join(effects) if isinstance(effects, list) else effects
+    caption = f"{utt_id} · {meta.get('language', '')} · {effects}"
     transcript = f'<p class="meta">“{_e(meta.get("transcript", ""))}”</p>' if meta.get("transcript") else ""
     players = "".join(
         f'<figure><figcaption>{_e(s)}</figcaption><audio controls preload="none" src="{_wav_data_uri(w)}"></audio></figure>'

@@ -160,9 +160,9 @@ def promote(model_name: str, data_root: str | Path, *, split: str = "test", rule
         raise RegistryError(f"{model_name!r} has no version with alias {CHALLENGER!r}; register one with "
                             f"`miipher2 register`")
     champion = version_by_alias(mlflow_client, model_name, CHAMPION)
-    if champion is not None and champion.version == challenger.version:
+    if champion is not None and str(champion.version) == str(challenger.version):
         return Decision(False, f"version {challenger.version} already is {model_name}@{CHAMPION}; nothing to do",
-                        challenger_version=challenger.version, champion_version=champion.version, no_op=True)
+                        challenger_version=str(challenger.version), champion_version=str(champion.version), no_op=True)
 
     systems = {CHALLENGER: f"models:/{model_name}/{challenger.version}"}
     if champion is not None:
@@ -176,8 +176,8 @@ def promote(model_name: str, data_root: str | Path, *, split: str = "test", rule
         decision = check_floors(per_system[CHALLENGER], floors)
     else:
         decision = compare(per_system[CHALLENGER], per_system[CHAMPION], rules, require_improvement=require_improvement)
-    decision.challenger_version = challenger.version
-    decision.champion_version = champion.version if champion is not None else None
+    decision.challenger_version = str(challenger.version)
+    decision.champion_version = str(champion.version) if champion is not None else None
 
     _record(mlflow_client, model_name, decision)
     if decision.promote:

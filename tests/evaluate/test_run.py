@@ -1,0 +1,87 @@
+"""The evaluation orchestrator: systems, rows, failures, outputs; and one full run with every metric."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from miipher2.evaluate.baseline import RestorerEnhancer
+from miipher2.evaluate.run import (CLEAN, DEGRADED, ScoringConfig, evaluate_model, evaluate_systems, groups_for,
+                                   load_restorer)
+from miipher2.evaluate.evalset import load_evaluation_set
+from tests.evaluate.fakes import FailsOn, Upsampler
+
+INTRUSIVE = ScoringConfig(("intrusive",))
+
+
+def test_every_evaluation_has_clean_and_degraded_rows_and_resamples_outputs(eval_root, tmp_path):
+    result = evaluate_systems([RestorerEnhancer(Upsampler(), name="upsampler")], eval_root, "test", tmp_path,
+                              config=INTRUSIVE, main_system="upsampler")
+    table = result.table.set_index(["utt_id", "system"])
+    assert result.systems == [CLEAN, DEGRADED, "upsampler"] and len(table) == 9
+    assert table.xs(CLEAN, level="system")["pesq"].round(2).eq(4.64).all()
+    # 16 kHz -> 24 kHz -> 16 kHz round trip: same scores as the input itself.
+    pd.testing.assert_series_equal(table.xs("upsampler", level="system")["pesq"],
+                                   table.xs(DEGRADED, level="system")["pesq"], atol=0.05, check_names=False)
+    assert (tmp_path / "audio" / "upsampler" / "en_0880.wav").is_file()
+    assert set(result.headline) == {"pesq", "estoi", "si_sdr", "lsd", "mcd"}
+    saved = pd.read_csv(tmp_path / "utterances.csv")
+    assert len(saved) == 9 and set(saved["degradation_types"]) == {"noise", "band_limit+noise"}
+    assert json.loads((tmp_path / "headline.json").read_text())["system"] == "upsampler"
+
+
+def test_one_failing_utterance_does_not_stop_the_others(eval_root, tmp_path):
+    evalset = load_evaluation_set(eval_root, "test")
+    from miipher2.audio import read_audio
+
+    bad_length = read_audio(evalset.loc[1, "degraded_file"])[0].size
+    result = evaluate_systems([FailsOn("flaky", bad_length)], eval_root, "test", tmp_path, config=INTRUSIVE)
+    flaky = result.table[result.table["system"] == "flaky"].set_index("utt_id")
+    assert "out of memory (simulated)" in flaky.at["en_0930", "error"]
+    assert math.isnan(flaky.at["en_0930", "pesq"])
+    assert flaky.drop(index="en_0930")["pesq"].notna().all()
+    overall = result.aggregates.query("system == 'flaky' and group_by == 'all' and metric == 'pesq'").iloc[0]
+    assert overall["n"] == 2
+
+
+def test_configuration_errors_are_clear(eval_root, tmp_path):
+    with pytest.raises(ValueError, match="unknown metric groups"):
+        ScoringConfig(("intrusive", "vibes"))
+    with pytest.raises(ValueError, match="unknown metrics"):
+        groups_for(["dnsmos_ovrl", "loudness"])
+    assert groups_for(["wer", "pesq"]) == ("intrusive", "asr")
+    with pytest.raises(ValueError, match="must be unique"):
+        evaluate_systems([FailsOn("clean", -1)], eval_root, "test", tmp_path, config=INTRUSIVE)
+    with pytest.raises(FileNotFoundError, match="not a Miipher-2 model directory"):
+        load_restorer(tmp_path)
+
+
+def test_evaluate_model_with_a_tiny_restorer(eval_root, tiny_model_dir, tmp_path):
+    result = evaluate_model(str(tiny_model_dir), eval_root, out_dir=tmp_path, baseline=False,
+                            metric_groups=["intrusive"], report=False, tracking=False)
+    assert result.systems == [CLEAN, DEGRADED, "miipher2"]
+    restored = result.table[result.table["system"] == "miipher2"]
+    assert restored["error"].isna().all() and restored["lsd"].notna().all()
+
+
+@pytest.mark.slow
+def test_full_evaluation_with_every_metric_baseline_and_worker_pool(eval_root, tiny_model_dir, tmp_path):
+    result = evaluate_model(str(tiny_model_dir), eval_root, out_dir=tmp_path, workers=2, tracking=False)
+    assert result.systems == [CLEAN, DEGRADED, "miipher2", "deepfilternet3"]
+    table = result.table.set_index(["utt_id", "system"])
+    assert len(table) == 12 and table["error"].isna().all()
+    clean, degraded = table.xs(CLEAN, level="system"), table.xs(DEGRADED, level="system")
+    assert (clean["dnsmos_ovrl"] > degraded["dnsmos_ovrl"]).all()
+    assert (clean["speaker_similarity"] > 0.999).all()
+    baseline = table.xs("deepfilternet3", level="system")
+    assert (baseline["si_sdr"] > degraded["si_sdr"]).all()  # DFN3 denoises
+    assert math.isnan(table.at[("de_0890", "miipher2"), "wer"])
+    assert "does not cover language 'de'" in table.at[("de_0890", "miipher2"), "asr_note"]
+    assert clean.loc[["en_0880", "en_0930"], "wer"].max() <= 0.3
+    assert set(result.aggregates["group_by"]) == {"all", "language", "degradation"}
+    assert {"dnsmos_ovrl", "wer", "speaker_similarity", "pesq"} <= set(result.headline)
+    assert result.html_path.is_file() and result.markdown_path.is_file()
+    assert "miipher2" in result.markdown_path.read_text()
