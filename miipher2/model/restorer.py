@@ -78,6 +78,7 @@ class Restorer(nn.Module):
             vocoder.load_state_dict(load_file(path / VOCODER_FILE))
         except (OSError, RuntimeError) as err:  # missing file, or shapes that do not match the config
             raise ValueError(f"{path}: weights do not load into the configured model ({err})") from err
+        vocoder.fold_weight_norm()  # loaded for inference; save_pretrained still writes the training form
         restorer = cls(cleaner, vocoder, source, **options).eval()
         return restorer.to(resolve_device(device))
 
@@ -91,7 +92,7 @@ class Restorer(nn.Module):
         try:
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(self.config_dict(), sort_keys=False))
             save_file(_contiguous(self.cleaner.adapter_state_dict()), tmp / ADAPTERS_FILE)
-            save_file(_contiguous(self.vocoder.state_dict()), tmp / VOCODER_FILE)
+            save_file(_contiguous(self.vocoder.weight_norm_state_dict()), tmp / VOCODER_FILE)
             old = None
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -31,10 +31,15 @@ def test_save_load_round_trip_gives_identical_output(tiny_backbone, tmp_path, sp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or backup dirs left
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["adapters.safetensors", "config.yaml", "vocoder.safetensors"]
     loaded = Restorer.from_pretrained(tmp_path / "model", device="cpu")
+    assert loaded.vocoder.weight_norm_folded  # baked for inference
     after, loaded_rate = loaded.restore(wave, 16000)
     assert rate == loaded_rate == 24000
-    np.testing.assert_array_equal(before, after)
+    np.testing.assert_allclose(before, after, atol=1e-6)
     assert loaded.config_dict() == restorer.config_dict()
+    # A model loaded for inference saves back to the training (weight-norm) form.
+    loaded.save_pretrained(tmp_path / "again")
+    again, _ = Restorer.from_pretrained(tmp_path / "again").restore(wave, 16000)
+    np.testing.assert_allclose(again, after, atol=1e-6)
 
 
 def test_output_length_and_rate_for_stereo_44k_input(tiny_backbone, speechlike):
