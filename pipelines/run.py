@@ -90,6 +90,8 @@ def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike) -> Local
     with warnings.catch_warnings():
         # The local runner warns about image names without "python" in them; our image has Python.
         warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
+        # GPU requests and resource limits are cluster settings; locally they are meant to be ignored.
+        warnings.filterwarnings("ignore", message=r"Task '.*': settings .* have no effect in the current local runner")
         training_pipeline(**params)
     wall = time.perf_counter() - started
     new = sorted(p for p in set(pipeline_root.iterdir()) - before if p.name.startswith(PIPELINE_NAME))

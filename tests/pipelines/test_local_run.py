@@ -1,0 +1,244 @@
+"""The whole training pipeline, run by KFP's local runner on a tiny corpus, against real services.
+
+Started here, on loopback ports: an S3 server (moto) holding both the DVC remote and MLflow's
+artifact store, and a real `mlflow server` whose artifacts are proxied to that S3. The dataset
+reaches the pipeline only through DVC from S3 (the repository's own cache is emptied first).
+Two dataset revisions of one repository: a good one trains, evaluates and registers; a corrupt
+one stops at validation with its report, and nothing is trained or registered.
+"""
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "miipher2-e2e"
+MODEL = "miipher2-e2e"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+# The smallest run that still exercises every stage, checkpoint and resume path.
+TINY = ["stage1.steps=2", "stage2.steps=2", "stage3.steps=2", "stage1.checkpoint_every=1",
+        "stage2.checkpoint_every=1", "stage3.checkpoint_every=1", "stage1.batch_size=2", "stage2.batch_size=2",
+        "stage3.batch_size=2", "stage2.segment_frames=8", "stage3.segment_frames=8"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    client.create_bucket(Bucket=BUCKET)
+    yield endpoint, client
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def environment(s3):
+    """Credentials and endpoints the way cluster pods get them from Secrets: environment only."""
+    endpoint, _ = s3
+    patch = pytest.MonkeyPatch()
+    for key, value in {**CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": endpoint}.items():
+        patch.setenv(key, value)
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory, environment):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    log = root / "server.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+             "--artifacts-destination", f"s3://{BUCKET}/mlflow"],
+            stdout=handle, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process, log)
+        patch = pytest.MonkeyPatch()
+        patch.setenv("MLFLOW_TRACKING_URI", url)
+        yield url
+        patch.undo()
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=20)
+        if process.poll() is None:
+            process.kill()
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.5)
+    pytest.fail(f"mlflow server not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def dataset_repo(tmp_path_factory, s3, environment):
+    """A git + DVC repository with two dataset revisions pushed to S3: `good` and `corrupt` (HEAD)."""
+    from miipher2.data.demo import DemoConfig, build_demo
+
+    endpoint, _ = s3
+    repo = tmp_path_factory.mktemp("dataset-repo")
+    dvc = str(Path(sys.executable).with_name("dvc"))
+
+    def run(*args):
+        subprocess.run(args, cwd=repo, check=True, capture_output=True)
+
+    run("git", "init", "-q", "-b", "main")
+    run("git", "config", "user.email", "e2e@example.com")
+    run("git", "config", "user.name", "e2e")
+    run(dvc, "init", "-q")
+    run(dvc, "remote", "add", "-d", "s3", f"s3://{BUCKET}/dvc")
+    run(dvc, "remote", "modify", "s3", "endpointurl", endpoint)  # an address, not a credential
+    build_demo(repo / "data", DemoConfig.tiny(librivox_dir=None))
+    run(dvc, "add", "-q", "data")
+    run(dvc, "push", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "good dataset")
+    good = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    # The corrupt revision: one training utterance replaced by text that merely ends in .wav.
+    victim = sorted((repo / "data" / "clean").rglob("*.wav"))[0]
+    victim.unlink()
+    victim.write_text("not audio at all\n")
+    run(dvc, "add", "-q", "data")
+    run(dvc, "push", "-q")
+    run("git", "commit", "-qam", "corrupt dataset")
+    # Only the S3 remote holds the data now: the pipeline must fetch it through DVC.
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "data")
+    return repo, good
+
+
+def _params(repo: Path, revision: str, workspace: Path, **extra):
+    return {"dvc_repo": str(repo), "dataset_revision": revision, "dvc_remote": "s3", "training_preset": "demo-cpu",
+            "overrides": TINY, "experiment": "e2e", "model_name": MODEL, "eval_max_utterances": 1,
+            "workspace": str(workspace), **extra}
+
+
+def _data_dvc_md5(repo: Path, revision: str) -> str:
+    import yaml
+
+    text = subprocess.run(["git", "show", f"{revision}:data.dvc"], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout
+    return yaml.safe_load(text)["outs"][0]["md5"]
+
+
+def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset_repo, mlflow_server, s3):
+    import mlflow
+
+    from pipelines.run import run_local
+
+    repo, good = dataset_repo
+    result = run_local(_params(repo, good, tmp_path / "workspace"), tmp_path / "kfp")
+    assert result.ok, f"pipeline failed; see {result.run_dir}"
+    assert result.valid is True
+    assert set(result.step_seconds) == {"validate-data", "train-pa", "pretrain-vocoder", "finetune-vocoder",
+                                        "evaluate", "register"}
+    assert 0 < result.kfp_overhead_s < result.wall_s
+    assert "<html" in result.artifact("evaluate", "report_html").read_text().lower()
+    model_dir = result.artifact("finetune-vocoder", "model")
+    assert {"config.yaml", "adapters.safetensors", "vocoder.safetensors"} <= {p.name for p in model_dir.iterdir()}
+
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["e2e"], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("pipeline_step") == "pipeline"]
+    assert len(parents) == 1
+    parent = parents[0]
+    lineage = {k: parent.data.tags[k] for k in ("git_commit", "dataset_revision", "dataset_md5", "kfp_run_id", "backbone")}
+    assert lineage["dataset_revision"] == good
+    assert lineage["dataset_md5"] == _data_dvc_md5(repo, good)
+    assert lineage["backbone"] == "w2v-bert-2.0" and lineage["kfp_run_id"] and lineage["git_commit"] != "unknown"
+
+    children = {r.data.tags["pipeline_step"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"validate", "train_pa", "pretrain_vocoder", "finetune_vocoder", "evaluate", "register"}
+    for step, run in children.items():
+        assert {k: run.data.tags.get(k) for k in lineage} == lineage, step
+        assert run.info.status == "FINISHED", step
+    assert children["validate"].data.metrics["failures"] == 0
+    assert "stage1/loss" in children["train_pa"].data.metrics
+    assert "stage2/loss" in children["pretrain_vocoder"].data.metrics
+    assert "miipher2.pesq" in children["evaluate"].data.metrics
+    assert "pesq" in parent.data.metrics  # headline metrics on the parent: runs compare side by side
+
+    # Artifacts went through the server's proxy into S3 and come back.
+    downloads = tmp_path / "downloads"
+    report = mlflow.artifacts.download_artifacts(run_id=children["validate"].info.run_id,
+                                                 artifact_path="validation/validation.md", dst_path=str(downloads))
+    assert "Dataset validation: OK" in Path(report).read_text()
+    files = Path(mlflow.artifacts.download_artifacts(run_id=children["finetune_vocoder"].info.run_id,
+                                                     artifact_path="model", dst_path=str(downloads)))
+    assert (files / "vocoder.safetensors").stat().st_size > 0
+    html = mlflow.artifacts.download_artifacts(run_id=children["evaluate"].info.run_id,
+                                               artifact_path="evaluation/report.html", dst_path=str(downloads))
+    assert Path(html).stat().st_size > 0
+    _, s3_client = s3
+    stored = s3_client.list_objects_v2(Bucket=BUCKET, Prefix="mlflow/")
+    assert stored.get("KeyCount", 0) > 0
+
+    version = client.get_model_version_by_alias(MODEL, "challenger")
+    assert version.tags["kfp_run_id"] == lineage["kfp_run_id"]
+    assert version.tags["dataset_md5"] == lineage["dataset_md5"]
+    assert version.tags["git_commit"] == lineage["git_commit"]
+
+
+def test_corrupt_dataset_stops_at_validation(tmp_path, dataset_repo, mlflow_server):
+    import mlflow
+
+    from pipelines.run import run_local
+
+    repo, _ = dataset_repo
+    before = _versions(MODEL)
+    result = run_local(_params(repo, "HEAD", tmp_path / "workspace", experiment="e2e-corrupt"), tmp_path / "kfp")
+    assert result.valid is False and not result.ok
+    assert set(result.outputs) == {"validate-data"}, "nothing after validation may run"
+    report = result.artifact("validate-data", "report").read_text()
+    assert report.startswith("# Dataset validation: FAIL") and "decode" in report
+    assert not (tmp_path / "workspace" / "runs").exists()  # no training step started
+
+    runs = mlflow.search_runs(experiment_names=["e2e-corrupt"], output_format="list")
+    assert sorted(r.data.tags.get("pipeline_step") for r in runs) == ["pipeline", "validate"]
+    validate = next(r for r in runs if r.data.tags["pipeline_step"] == "validate")
+    assert validate.data.tags["dataset_ok"] == "False" and validate.data.metrics["failures"] >= 1
+    assert _versions(MODEL) == before
+
+
+def _versions(name: str) -> int:
+    import mlflow
+
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
+        return len(mlflow.MlflowClient().search_model_versions(f"name='{name}'"))
+    return 0
