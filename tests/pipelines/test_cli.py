@@ -1,0 +1,64 @@
+"""`miipher2 pipeline compile | submit | run`: arguments reach the pipeline; tokens stay out of output."""
+
+import kfp
+import pytest
+
+from miipher2.cli import main
+from pipelines.run import normalised
+
+
+def test_compile_writes_the_golden_pipeline(tmp_path, capsys):
+    from pathlib import Path
+
+    out = tmp_path / "training.yaml"
+    assert main(["pipeline", "compile", "-o", str(out)]) == 0
+    golden = Path(__file__).resolve().parents[2] / "pipelines" / "training.yaml"
+    assert normalised(out.read_text()) == normalised(golden.read_text())
+    assert str(out) in capsys.readouterr().out
+
+
+class FakeClient:
+    created = []
+
+    def __init__(self, host, existing_token=None):
+        self.host, self.token = host, existing_token
+
+    def create_run_from_pipeline_func(self, pipeline_func, arguments, run_name=None, experiment_name=None,
+                                      enable_caching=None):
+        FakeClient.created.append({"host": self.host, "token": self.token, "arguments": arguments,
+                                   "experiment": experiment_name, "caching": enable_caching,
+                                   "pipeline": pipeline_func.name})
+
+        class Run:
+            run_id = "run-123"
+
+        return Run()
+
+
+def test_submit_passes_parameters_and_token(monkeypatch, capsys):
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    monkeypatch.setenv("KFP_TOKEN", "secret-token-value")
+    FakeClient.created.clear()
+    code = main(["pipeline", "submit", "--host", "https://kfp.example.com", "--dvc-repo", "https://git.example/r.git",
+                 "--dataset-revision", "v2", "--set", "stage1.steps=10", "--set", "stage2.steps=5",
+                 "--backbone", "mhubert-147", "--kfp-experiment", "nightly"])
+    assert code == 0
+    [created] = FakeClient.created
+    assert created["host"] == "https://kfp.example.com" and created["token"] == "secret-token-value"
+    assert created["pipeline"] == "miipher2-training" and created["caching"] is False
+    assert created["arguments"]["dataset_revision"] == "v2"
+    assert created["arguments"]["overrides"] == ["stage1.steps=10", "stage2.steps=5"]
+    assert created["arguments"]["backbone"] == "mhubert-147" and created["arguments"]["training_preset"] == "paper"
+    assert "workspace" not in created["arguments"]  # the PVC mount default applies
+    output = capsys.readouterr()
+    assert "run-123" in output.out and "secret-token-value" not in output.out + output.err
+
+
+def test_submit_needs_a_dataset_repository():
+    with pytest.raises(SystemExit):
+        main(["pipeline", "submit", "--host", "https://kfp.example.com"])
+
+
+def test_run_requires_local():
+    with pytest.raises(SystemExit):
+        main(["pipeline", "run"])
