@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "miipher2.pipeline_commands",
     "miipher2.evaluate_commands",
     "miipher2.train_commands",
+    "miipher2.restore_corpus_commands",
 )
 
 
