@@ -55,7 +55,7 @@ class Summary:
 
 
 def merge_shards(out_dir) -> Summary:
-    layout = Layout(Path(out_dir).absolute())
+    layout = Layout(out_dir)
     plan = load_plan(layout.root)
     results = [_shard_result(layout, plan, shard) for shard in range(plan.shards)]
     store = open_store(plan.audio_root)

@@ -18,7 +18,6 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
@@ -113,7 +112,7 @@ def plan_corpus(manifest_uri: str, model: str | ModelRef, out_dir, shards: int, 
         rows=len(frame), shard_files=[assignment.count(s) for s in range(shards)],
         shard_seconds=[round(sum(d for d, a in zip(durations, assignment) if a == s and d > 0), 3) for s in range(shards)],
         rejected=rejected)
-    layout = Layout(_absolute(out_dir))
+    layout = Layout(out_dir)
     # Rows first, plan last: a plan on disk always has all its shard files.
     for shard in range(shards):
         write_manifest(usable[[a == shard for a in assignment]], layout.shard_rows(shard))
@@ -122,7 +121,7 @@ def plan_corpus(manifest_uri: str, model: str | ModelRef, out_dir, shards: int, 
 
 
 def load_plan(out_dir) -> Plan:
-    layout = Layout(_absolute(out_dir))
+    layout = Layout(out_dir)
     try:
         return Plan.from_dict(json.loads(layout.plan.read_text()))
     except FileNotFoundError as err:
@@ -132,7 +131,7 @@ def load_plan(out_dir) -> Plan:
 
 
 def read_shard_rows(out_dir, shard: int) -> pd.DataFrame:
-    return read_manifest(Layout(_absolute(out_dir)).shard_rows(shard))
+    return read_manifest(Layout(out_dir).shard_rows(shard))
 
 
 def _usable_rows(frame: pd.DataFrame, manifest) -> tuple[pd.DataFrame, list[dict]]:
@@ -162,7 +161,3 @@ def _duration(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
-
-
-def _absolute(path) -> Path:
-    return Path(path).absolute()

@@ -34,6 +34,9 @@ _CHUNK = 1 << 20
 class Layout:
     root: Path
 
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root).absolute())
+
     @property
     def audio(self) -> Path:
         return self.root / "audio"

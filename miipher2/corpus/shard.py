@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -95,7 +94,7 @@ def restore_shard(out_dir, shard: int, *, batch_size: int = 8, workers: int = 2,
     if batch_size < 1 or workers < 1:
         raise ValueError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
     started = time.perf_counter()
-    layout = Layout(Path(out_dir).absolute())
+    layout = Layout(out_dir)
     plan = load_plan(layout.root)
     if not 0 <= shard < plan.shards:
         raise ValueError(f"shard {shard} does not exist: the plan has shards 0..{plan.shards - 1}")

@@ -1,0 +1,130 @@
+"""The batch restoration pipeline: plan -> restore every shard in parallel on GPU pods -> merge.
+
+    plan_shards ──► ParallelFor(shard) { restore_shard } ──► merge_shards
+       │                   │                                     │
+       plan.json           audio + done-records                  restored manifest, summary
+       (pinned model)      (skips what is already done)          (JSON + Markdown artifacts)
+
+Everything lands in `output_dir` on the shared workspace volume, not in per-run artifacts: that
+is what lets a rerun (or a retried, preempted shard pod) skip files already restored, checked
+by content hash (see miipher2/corpus/records.py). The shard step is the only one on a GPU.
+
+Cluster settings are the training pipeline's (`pipelines.training.ClusterConfig` and its
+helpers): GPU accelerator and limit, GPU pool node selector and tolerations, Secrets as env,
+the workspace PVC, retries. `build_restoration_pipeline(None)` leaves them all out; KFP's local
+runner ignores them anyway, so the local run executes this very pipeline.
+
+Regenerate the golden compiled copy beside this file after a deliberate change:
+    .venv/bin/miipher2 restoration-pipeline compile -o pipelines/restoration.yaml
+
+(No `from __future__ import annotations` here: KFP reads the pipeline's real annotations.)
+"""
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from kfp import dsl
+
+from components.merge_shards import merge_shards
+from components.plan_shards import plan_shards
+from components.restore_shard import restore_shard
+from pipelines.training import ClusterConfig, _on_gpu, _with_credentials, _with_workspace
+
+PIPELINE_NAME = "miipher2-restoration"
+# Shard pods running at once; shards beyond it queue (a compile-time constant in KFP).
+DEFAULT_PARALLELISM = 8
+
+
+def build_restoration_pipeline(cluster: Optional[ClusterConfig] = ClusterConfig(), parallelism: int = DEFAULT_PARALLELISM):
+    """The pipeline function, with `cluster`'s Kubernetes settings (None: none at all)."""
+    workspace = cluster.workspace_mount if cluster else "/tmp/miipher2-workspace"
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="Miipher-2: restore a corpus (manifest, local or S3) with a registered model, "
+                              "sharded over GPU pods, resumable; DNSMOS-scored restored manifest and summary.")
+    def restoration_pipeline(
+        manifest: str,
+        model: str = "models:/miipher2@champion",
+        output_dir: str = f"{workspace}/restored",
+        shards: int = 8,
+        batch_size: int = 16,
+        workers: int = 4,
+        chunk_seconds: float = 30.0,
+        overlap_seconds: float = 1.0,
+        output_format: str = "wav",
+    ):
+        planned = plan_shards(manifest=manifest, model=model, output_dir=output_dir, shards=shards,
+                              chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
+                              output_format=output_format).set_display_name("plan shards")
+        with dsl.ParallelFor(planned.outputs["Output"], parallelism=parallelism, name="shards") as shard:
+            restored = restore_shard(output_dir=output_dir, shard=shard, batch_size=batch_size,
+                                     workers=workers).set_display_name("restore shard")
+        merged = merge_shards(output_dir=output_dir).after(restored).set_display_name("merge shards")
+
+        # The work is idempotent by content hash on the workspace; a KFP cache hit would skip
+        # the check itself (and could serve a manifest whose audio has since changed).
+        for task in (planned, restored, merged):
+            task.set_caching_options(False)
+        if cluster is not None:
+            for task in (planned, restored, merged):
+                _with_credentials(task, cluster)  # S3 for the corpus, MLflow for the model
+                _with_workspace(task, cluster)
+            # A preempted shard pod is retried and resumes: its finished files have records.
+            _on_gpu(restored, cluster, retry=True)
+
+    return restoration_pipeline
+
+
+restoration_pipeline = build_restoration_pipeline()
+
+
+def compile_restoration_pipeline(output, cluster: Optional[ClusterConfig] = ClusterConfig(),
+                                 parallelism: int = DEFAULT_PARALLELISM) -> Path:
+    """Write the pipeline spec (IR YAML) to `output`, atomically."""
+    from kfp import compiler
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.stem}.tmp{output.suffix or '.yaml'}")
+    compiler.Compiler().compile(build_restoration_pipeline(cluster, parallelism), str(tmp))
+    os.replace(tmp, output)
+    return output
+
+
+def submit_restoration(host: str, params: dict, token: Optional[str] = None, experiment: Optional[str] = None,
+                       run_name: Optional[str] = None) -> str:
+    """Start a run on a Kubeflow Pipelines endpoint; returns the KFP run id (`token` is never logged)."""
+    import kfp
+
+    client = kfp.Client(host=host, existing_token=token)
+    run = client.create_run_from_pipeline_func(restoration_pipeline, arguments=params, run_name=run_name,
+                                               experiment_name=experiment, enable_caching=False)
+    return run.run_id
+
+
+def run_restoration_locally(params: dict, pipeline_root) -> tuple[Path, dict[str, Any], float]:
+    """Run the pipeline here (KFP SubprocessRunner, this interpreter); never raises for a failed step.
+
+    Returns (this run's folder, task -> executor output, wall seconds).
+    """
+    from kfp import local
+
+    pipeline_root = Path(pipeline_root).absolute()
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    before = set(pipeline_root.iterdir())
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=False)
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        # The local runner warns about image names without "python" in them; our image has Python.
+        warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
+        restoration_pipeline(**params)
+    wall = time.perf_counter() - started
+    new = sorted(p for p in set(pipeline_root.iterdir()) - before if p.name.startswith(PIPELINE_NAME))
+    if not new:
+        raise RuntimeError(f"the local run left no run folder under {pipeline_root}")
+    outputs = {path.parent.name: json.loads(path.read_text()) for path in sorted(new[-1].rglob("executor_output.json"))}
+    return new[-1], outputs, wall
