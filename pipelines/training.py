@@ -90,6 +90,8 @@ def build_training_pipeline(cluster: ClusterConfig | None = ClusterConfig()):
             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         ).set_display_name("validate dataset")
         steps = [validated]
+        # validate_data returns a single bool (its "Output") rather than a NamedTuple field: KFP
+        # 2.17's local runner resolves a condition on another task's output only under that name.
         with dsl.If(validated.outputs["Output"] == True, name="dataset-valid"):  # noqa: E712 — a KFP condition
             data = validated.outputs["dataset"]
             adapters = train_pa(dataset=data, training_preset=training_preset, overrides=overrides,
