@@ -52,7 +52,6 @@ def test_evaluation_is_logged_to_mlflow(mlflow_store, models, eval_root, tmp_pat
     assert {"evaluation/report.html", "evaluation/report.md", "evaluation/utterances.csv"} <= artifacts
 
 
-@pytest.mark.slow
 def test_the_gate_promotes_better_refuses_worse_and_records_why(mlflow_store, models, eval_root, tmp_path):
     client = mlflow.MlflowClient()
     gate = dict(rules=LSD_RULE, out_dir=tmp_path / "gate", evaluate=None)
