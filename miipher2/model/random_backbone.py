@@ -22,7 +22,8 @@ _TINY_CONV = {"conv_dim": (16,) * 7, "num_conv_pos_embeddings": 16, "num_conv_po
 _TINY_TRANSFORMER = {"hidden_size": 32, "num_hidden_layers": TINY_LAYERS, "num_attention_heads": 2, "intermediate_size": 64}
 
 
-def _configs(preset: str, size: str):
+def architecture(preset: str, size: str = "full"):
+    """(config, transformers model class, feature extractor) of a preset at `size`."""
     import transformers as tf
 
     tiny = size == "tiny"
@@ -65,7 +66,7 @@ def save_random_backbone(directory: str | Path, preset: str, size: str = "tiny",
     """Write a randomly initialised `preset` encoder to `directory`; returns the directory."""
     if size not in ("tiny", "full"):
         raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
-    config, model_class, extractor = _configs(preset, size)
+    config, model_class, extractor = architecture(preset, size)
     torch.manual_seed(seed)
     model = model_class(config).eval()
     directory = Path(directory)

@@ -132,3 +132,22 @@ def test_adapter_state_dict_round_trip(tiny_backbone):
     wave = torch.randn(1, 8000) * 0.1
     with torch.no_grad():
         torch.testing.assert_close(first(wave)[0], second(wave)[0])
+
+
+def test_usm_preset_reads_only_the_audio_tower_of_a_full_gemma3n_checkpoint(tiny_backbone, tmp_path, speechlike):
+    """google/gemma-3n-* ship the whole multimodal model; the loader picks `model.audio_tower.*`."""
+    from safetensors.torch import load_file, save_file
+
+    audio_dir = tiny_backbone("usm")
+    audio_config = transformers.AutoConfig.from_pretrained(str(audio_dir))
+    transformers.Gemma3nConfig(audio_config=audio_config.to_dict()).save_pretrained(tmp_path)
+    tensors = {f"model.audio_tower.{k}": v for k, v in load_file(audio_dir / "model.safetensors").items()}
+    tensors["model.language_model.embed_tokens.weight"] = torch.zeros(4, 4)  # the rest of the model
+    save_file(tensors, tmp_path / "model.safetensors")
+    transformers.Gemma3nAudioFeatureExtractor().save_pretrained(tmp_path)
+
+    wave = torch.from_numpy(speechlike(0.5))[None]
+    with torch.no_grad():
+        from_full = _cleaner(tmp_path, "usm")(wave)[0]
+        from_audio_only = _cleaner(audio_dir, "usm")(wave)[0]
+    torch.testing.assert_close(from_full, from_audio_only)

@@ -1,0 +1,115 @@
+"""Inference speed of the restorer on CPU, against the machine's own matmul limit.
+
+    .venv/bin/python -m bench.restore_rtf [--presets w2v-bert-2.0 mhubert-147] [--seconds 10] [--threads 2]
+
+For each preset: a real-sized model (the released architecture, random weights, encoder built
+only up to its feature layer since nothing above it is computed) + the paper-size HiFi-GAN at
+24 kHz restores one clip. Reported: real-time factor (wall time / audio time), model FLOPs per
+second of audio (torch FlopCounterMode), achieved GFLOP/s, and the ratio of the measured time
+to the FLOP-bound time (FLOPs / the best matmul GFLOP/s measured in the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def matmul_peak_gflops(repeats: int = 5) -> float:
+    """Best float32 GEMM throughput over a few square sizes: the practical FLOP-bound ceiling."""
+    best = 0.0
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def build_restorer(preset: str, output_rate: int, vocoder_size: str):
+    import transformers
+
+    from miipher2.model.backbone import BACKBONE_PRESETS, FAMILIES, FeatureCleaner
+    from miipher2.model.random_backbone import architecture
+    from miipher2.model.restorer import Restorer
+    from miipher2.model.vocoder import Vocoder, VocoderConfig
+
+    spec = BACKBONE_PRESETS[preset]
+    config, model_class, extractor = architecture(preset, "full")
+    depth_key = "conf_num_hidden_layers" if spec.family == "gemma3n-audio" else "num_hidden_layers"
+    setattr(config, depth_key, spec.feature_layer)  # the layers above are dropped unbuilt, never computed
+    torch.manual_seed(0)
+    transformers.utils.logging.disable_progress_bar()
+    cleaner = FeatureCleaner(model_class(config).eval(), extractor, preset, spec.feature_layer, source=f"random:{preset}")
+    assert len(FAMILIES[spec.family].layers(cleaner.encoder)) == spec.feature_layer
+    vocoder = Vocoder(VocoderConfig.for_features(cleaner.feature_dim, cleaner.hop_length, output_rate, size=vocoder_size))
+    vocoder.fold_weight_norm()  # as Restorer.from_pretrained does for inference
+    return Restorer(cleaner, vocoder, chunk_seconds=30.0).eval()
+
+
+def count_flops(restorer, wave: np.ndarray) -> dict[str, float]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.from_numpy(wave)[None]
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as cleaner_counter:
+            features, _ = restorer.cleaner(x)
+        with FlopCounterMode(display=False) as vocoder_counter:
+            restorer.vocoder(features)
+    return {"cleaner": cleaner_counter.get_total_flops(), "vocoder": vocoder_counter.get_total_flops()}
+
+
+def time_restore(restorer, wave: np.ndarray, repeats: int) -> tuple[list[float], list[float]]:
+    """Restore times and matmul peaks, interleaved so both see the same load on a shared machine."""
+    restorer.restore(wave, 16000)  # warm-up: allocator, oneDNN kernel selection
+    times, peaks = [], []
+    for _ in range(repeats):
+        peaks.append(matmul_peak_gflops(repeats=2))
+        start = time.perf_counter()
+        restorer.restore(wave, 16000)
+        times.append(time.perf_counter() - start)
+    return times, peaks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["w2v-bert-2.0", "mhubert-147"])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output-rate", type=int, default=24000)
+    parser.add_argument("--vocoder-size", default="paper", choices=("paper", "tiny"))
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal(int(args.seconds * 16000))).astype(np.float32)
+    print(f"torch {torch.__version__}, {args.threads} threads, clip {args.seconds:g} s, best of {args.repeats}")
+    print("| preset | params (encoder to feature layer + adapters / vocoder) | GFLOP per audio second (cleaner + vocoder) "
+          "| best (median) time | RTF | achieved GFLOP/s | matmul peak GFLOP/s | time / FLOP-bound time |")
+    print("|---|---|---|---|---|---|---|---|")
+    for preset in args.presets:
+        restorer = build_restorer(preset, args.output_rate, args.vocoder_size)
+        flops = count_flops(restorer, wave)
+        per_second = {k: v / args.seconds / 1e9 for k, v in flops.items()}
+        total = sum(flops.values()) / 1e9
+        times, peaks = time_restore(restorer, wave, args.repeats)
+        best, median, peak = min(times), statistics.median(times), max(peaks)
+        encoder_params = sum(p.numel() for p in restorer.cleaner.parameters()) / 1e6
+        vocoder_params = sum(p.numel() for p in restorer.vocoder.parameters()) / 1e6
+        print(f"| {preset} | {encoder_params:.0f}M / {vocoder_params:.1f}M "
+              f"| {per_second['cleaner']:.1f} + {per_second['vocoder']:.1f} = {sum(per_second.values()):.1f} "
+              f"| {best:.2f} s ({median:.2f} s) | {best / args.seconds:.3f} | {total / best:.1f} | {peak:.0f} "
+              f"| {best / (total / peak):.2f}x |", flush=True)
+        del restorer
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
