@@ -50,3 +50,24 @@ def build_corpus(root, utterances=UTTERANCES, extra_rows=()) -> str:
 @pytest.fixture
 def corpus(tmp_path):
     return build_corpus(tmp_path / "data")
+
+
+class CountingRestorer:
+    """Wraps a Restorer; remembers the length of every wave it was asked to restore."""
+
+    def __init__(self, restorer, fail_on_samples: int | None = None):
+        self.restorer, self.fail_on_samples = restorer, fail_on_samples
+        self.seen: list[int] = []
+
+    def restore_batch(self, waves, rates):
+        if self.fail_on_samples is not None and any(len(w) == self.fail_on_samples for w in waves):
+            raise RuntimeError("simulated failure of one input")
+        self.seen.extend(len(w) for w in waves)
+        return self.restorer.restore_batch(waves, rates)
+
+
+@pytest.fixture(scope="session")
+def restorer(model_dir):
+    from miipher2.model.restorer import Restorer
+
+    return Restorer.from_pretrained(model_dir, "cpu", batch_size=4)

@@ -1,0 +1,81 @@
+"""`miipher2 restore-corpus`: whole runs, per-shard processes, S3 input, exit codes."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from miipher2.cli import main
+from tests.corpus.conftest import build_corpus
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def test_shard_by_shard_processes_merge_when_the_last_finishes(tmp_path, model_dir, capsys):
+    manifest = build_corpus(tmp_path / "data")
+    out = tmp_path / "out"
+    common = [manifest, "--model", str(model_dir), "-o", str(out), "--shards", "2", "--device", "cpu", "--no-score"]
+
+    assert main(["restore-corpus", *common, "--shard-index", "1"]) == 0
+    assert "not merged yet: shard 0 has not finished" in capsys.readouterr().out
+    assert not (out / "summary.json").exists()
+    assert main(["restore-corpus", *common, "--shard-index", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "restored 5 of 5 file(s) (5 now, 0 already done)" in printed
+    assert len(pd.read_csv(out / "manifests" / "test.csv")) == 5
+
+    assert main(["restore-corpus", *common]) == 0  # a full rerun: nothing left to do
+    assert "(0 now, 5 already done)" in capsys.readouterr().out
+
+
+def test_failures_exit_one_and_unusable_input_exits_two(tmp_path, model_dir, capsys):
+    manifest = build_corpus(tmp_path / "data", extra_rows=[{"utt_id": "x", "path": "clean/en/spk/missing.wav"}])
+    assert main(["restore-corpus", manifest, "--model", str(model_dir), "-o", str(tmp_path / "out"), "--no-score"]) == 1
+    assert "missing.wav: no such file" in capsys.readouterr().err
+    assert main(["restore-corpus", str(tmp_path / "none.csv"), "--model", str(model_dir), "-o", str(tmp_path / "o")]) == 2
+    assert "cannot read manifest" in capsys.readouterr().err
+    assert main(["restore-corpus", manifest, "--model", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+    assert "not a Miipher-2 model directory" in capsys.readouterr().err
+    assert main(["restore-corpus", manifest, "--model", str(model_dir), "-o", str(tmp_path / "o"), "--shards", "0"]) == 2
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A moto S3 server; boto3 finds it only through the environment, as pods do."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="corpus")
+    yield client
+    server.stop()
+
+
+def test_manifest_and_audio_on_s3(tmp_path, model_dir, s3, capsys):
+    manifest = build_corpus(tmp_path / "data")
+    for path in (tmp_path / "data").rglob("*.*"):
+        s3.upload_file(str(path), "corpus", f"sets/v1/{path.relative_to(tmp_path / 'data').as_posix()}")
+    frame = pd.read_csv(manifest)
+    frame.loc[len(frame)] = {**frame.iloc[0].to_dict(), "utt_id": "ghost", "path": "clean/en/spk/ghost.wav"}
+    s3.put_object(Bucket="corpus", Key="sets/v1/manifests/test.csv", Body=frame.to_csv(index=False).encode())
+
+    out = tmp_path / "out"
+    code = main(["restore-corpus", "s3://corpus/sets/v1/manifests/test.csv", "--model", str(model_dir), "-o", str(out),
+                 "--no-score", "--shards", "2"])
+    assert code == 1
+    assert "s3://corpus/sets/v1/clean/en/spk/ghost.wav: no such object" in capsys.readouterr().err
+    restored = pd.read_csv(out / "manifests" / "test.csv")
+    assert len(restored) == 5
+    assert restored["source_path"].iloc[0] == "s3://corpus/sets/v1/clean/en/spk/a.wav"
+    plan = json.loads((out / "state" / "plan.json").read_text())
+    assert plan["audio_root"] == "s3://corpus/sets/v1"
+    assert "testing-secret" not in (out / "state" / "plan.json").read_text()
+    # S3 objects are hashed too: a rerun restores nothing
+    assert main(["restore-corpus", "s3://corpus/sets/v1/manifests/test.csv", "--model", str(model_dir), "-o", str(out),
+                 "--no-score", "--shards", "2"]) == 1
+    assert "(0 now, 5 already done)" in capsys.readouterr().out
