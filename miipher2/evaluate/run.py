@@ -120,8 +120,12 @@ def evaluate_model(model, data_root: str | Path, split: str = "test", out_dir: s
 
 def evaluate_systems(systems: list[Enhancer], data_root: str | Path, split: str, out_dir: str | Path, *,
                      max_utterances: int | None = None, config: ScoringConfig = ScoringConfig(), workers: int = 1,
-                     main_system: str | None = None) -> EvaluationResult:
-    """Enhance the evaluation set with every system, score all of them, aggregate; writes CSV/JSON."""
+                     main_system: str | None = None, reference_rows: bool = True) -> EvaluationResult:
+    """Enhance the evaluation set with every system, score all of them, aggregate; writes CSV/JSON.
+
+    `reference_rows=False` skips scoring the clean and degraded rows (the promotion gate compares
+    two models and needs neither).
+    """
     names = [s.name for s in systems]
     if len(set(names)) != len(names) or {CLEAN, DEGRADED} & set(names):
         raise ValueError(f"system names must be unique and not {CLEAN!r}/{DEGRADED!r}, got {names}")
@@ -134,7 +138,7 @@ def evaluate_systems(systems: list[Enhancer], data_root: str | Path, split: str,
         outputs[system.name] = enhance_all(system, evalset, out_dir / "audio" / system.name)
         timings[f"enhance.{system.name}"] = time.perf_counter() - start
 
-    jobs = [_scoring_job(row, outputs) for row in evalset.to_dict("records")]
+    jobs = [_scoring_job(row, outputs, reference_rows) for row in evalset.to_dict("records")]
     start = time.perf_counter()
     rows = [r for job_rows in score_jobs(jobs, config, workers) for r in job_rows]
     timings["scoring"] = time.perf_counter() - start
@@ -143,7 +147,7 @@ def evaluate_systems(systems: list[Enhancer], data_root: str | Path, split: str,
     for metric in config.metrics:  # a column per metric even when every value failed
         if metric not in table:
             table[metric] = math.nan
-    all_systems = [CLEAN, DEGRADED, *names]
+    all_systems = [CLEAN, DEGRADED, *names] if reference_rows else names
     aggregates = aggregate_all(table, config.metrics)
     headline = headline_metrics(aggregates, main_system) if main_system else {}
     result = EvaluationResult(table, aggregates, headline, out_dir, all_systems, config.metrics, main_system,
@@ -191,8 +195,8 @@ def enhance_all(system: Enhancer, evalset: pd.DataFrame, audio_dir: Path) -> dic
     return outputs
 
 
-def _scoring_job(row: Mapping, outputs: Mapping[str, Mapping[str, str | Exception]]) -> dict:
-    files: dict[str, str | str] = {CLEAN: row["clean_file"], DEGRADED: row["degraded_file"]}
+def _scoring_job(row: Mapping, outputs: Mapping[str, Mapping[str, str | Exception]], reference_rows: bool) -> dict:
+    files = {CLEAN: row["clean_file"], DEGRADED: row["degraded_file"]} if reference_rows else {}
     errors: dict[str, str] = {}
     for system, per_utt in outputs.items():
         produced = per_utt[row["utt_id"]]
@@ -201,7 +205,8 @@ def _scoring_job(row: Mapping, outputs: Mapping[str, Mapping[str, str | Exceptio
         else:
             files[system] = produced
     keep = ("utt_id", "language", "speaker", "transcript", "degradation", "degradation_types")
-    return {"meta": {k: row[k] for k in keep if k in row}, "files": files, "errors": errors}
+    return {"meta": {k: row[k] for k in keep if k in row}, "reference": row["clean_file"], "files": files,
+            "errors": errors}
 
 
 # ---- phase 2: scoring -------------------------------------------------------------------------
@@ -247,7 +252,7 @@ def score_utterance(job: dict, config: ScoringConfig) -> list[dict]:
     rows = [{**meta, "system": system, "audio_file": None, "error": error} for system, error in job["errors"].items()]
     try:
         models = _models(config)
-        clean, _ = read_audio(job["files"][CLEAN], sample_rate=METRIC_RATE)
+        clean, _ = read_audio(job["reference"], sample_rate=METRIC_RATE)
         clean_embedding = models["speaker"].embed(clean) if "speaker" in models else None
     except Exception as err:  # noqa: BLE001
         reason = f"clean reference unusable: {type(err).__name__}: {err}"

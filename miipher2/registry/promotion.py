@@ -211,7 +211,7 @@ def _registry_evaluator(data_root, split, out_dir, max_utterances, workers, metr
         enhancers = [RestorerEnhancer(load_registered_restorer(uri), name=name) for name, uri in systems.items()]
         config = ScoringConfig(groups_for(metrics), asr or DEFAULT_ASR)
         result = evaluate_systems(enhancers, data_root, split, out_dir, max_utterances=max_utterances,
-                                  config=config, workers=workers, main_system=CHALLENGER)
+                                  config=config, workers=workers, main_system=CHALLENGER, reference_rows=False)
         return result.table
 
     return evaluate
