@@ -42,11 +42,12 @@ def register(subparsers) -> None:
                                  description="Evaluate NAME@challenger and NAME@champion on the same evaluation set; "
                                              "a paired bootstrap per rule decides. Exit 1 when refused.")
     prom.add_argument("--model", required=True, help="registered model name")
-    prom.add_argument("--data", required=True, help="dataset root holding manifests/{split}_degraded.csv")
+    prom.add_argument("--data", default="data", help="dataset root holding manifests/{split}_degraded.csv (default: data)")
     prom.add_argument("--split", default="test")
-    prom.add_argument("--rule", action="append", metavar="METRIC:MARGIN",
-                      help="gate rule, repeatable (default: dnsmos_ovrl:0.05, wer:0.02, speaker_similarity:0.02)")
-    prom.add_argument("--floor", action="append", metavar="METRIC:VALUE",
+    prom.add_argument("--rule", "--metrics", dest="rule", action="append", metavar="METRIC:MARGIN[,...]",
+                      help="gate rules: the metric must not get worse by more than MARGIN; repeatable or "
+                           "comma-separated (default: dnsmos_ovrl:0.05,wer:0.02,speaker_similarity:0.02)")
+    prom.add_argument("--floor", action="append", metavar="METRIC:VALUE[,...]",
                       help="absolute bar for the first champion, repeatable "
                            "(default: dnsmos_ovrl:2.5, speaker_similarity:0.5, wer:0.5)")
     prom.add_argument("--max-utterances", type=int)
@@ -106,8 +107,8 @@ def _promote(args) -> int:
     from miipher2.registry import DEFAULT_FLOORS, DEFAULT_RULES, GateRule, RegistryError, promote
 
     try:
-        rules = [GateRule(m, float(v)) for m, v in map(_pair, args.rule)] if args.rule else list(DEFAULT_RULES)
-        floors = {m: float(v) for m, v in map(_pair, args.floor)} if args.floor else dict(DEFAULT_FLOORS)
+        rules = [GateRule(m, float(v)) for m, v in _pairs(args.rule)] if args.rule else list(DEFAULT_RULES)
+        floors = {m: float(v) for m, v in _pairs(args.floor)} if args.floor else dict(DEFAULT_FLOORS)
         decision = promote(args.model, args.data, split=args.split, rules=rules, floors=floors,
                            max_utterances=args.max_utterances, out_dir=args.out, workers=args.workers, asr=args.asr,
                            tracking_uri=args.tracking_uri, require_improvement=not args.allow_no_improvement)
@@ -118,8 +119,12 @@ def _promote(args) -> int:
     return 0 if decision.promote or decision.no_op else EXIT_REFUSED
 
 
-def _pair(text: str) -> tuple[str, str]:
-    metric, sep, value = text.partition(":")
-    if not sep or not metric or not value:
-        raise ValueError(f"expected METRIC:NUMBER, got {text!r}")
-    return metric.strip(), value.strip()
+def _pairs(options: list[str]) -> list[tuple[str, str]]:
+    """['a:1,b:2', 'c:3'] -> [('a', '1'), ('b', '2'), ('c', '3')]."""
+    pairs = []
+    for item in (part.strip() for option in options for part in option.split(",") if part.strip()):
+        metric, sep, value = item.partition(":")
+        if not sep or not metric.strip() or not value.strip():
+            raise ValueError(f"expected METRIC:NUMBER, got {item!r}")
+        pairs.append((metric.strip(), value.strip()))
+    return pairs

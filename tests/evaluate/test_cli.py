@@ -27,3 +27,7 @@ def test_bad_input_exits_2_with_a_message(eval_root, tmp_path, capsys, monkeypat
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(["register", "--model-dir", str(tmp_path), "--name", "m"]) == 2
     assert "no MLflow tracking URI" in capsys.readouterr().err
+    assert main(["promote", "--model", "m", "--data", str(eval_root), "--rule", "dnsmos_ovrl:0.05,wer"]) == 2
+    assert "expected METRIC:NUMBER, got 'wer'" in capsys.readouterr().err
+    assert main(["promote", "--model", "m", "--data", str(eval_root), "--metrics", "loudness:1"]) == 2
+    assert "unknown metric 'loudness'" in capsys.readouterr().err
