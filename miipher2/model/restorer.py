@@ -163,8 +163,13 @@ class Restorer(nn.Module):
             results.append((crossfade_join(pieces, [int(round(s * ratio)) for s in starts], total, fade), self.sample_rate))
         return results
 
+    # Fewest frames a piece may have: the vocoder's first convolution reflect-pads 3 frames each side.
+    MIN_FRAMES = 8
+
     def _run(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
         device = self.device
+        shortest = self.MIN_FRAMES * self.cleaner.hop_length  # shorter pieces get trailing silence (trimmed later)
+        pieces = [np.pad(p, (0, shortest - len(p))) if len(p) < shortest else p for p in pieces]
         lengths = torch.tensor([len(p) for p in pieces], device=device)
         batch = torch.zeros(len(pieces), int(lengths.max()), device=device)
         for row, piece in enumerate(pieces):

@@ -98,3 +98,11 @@ def test_chunked_restore_of_a_minute_matches_unchunked_without_seams(tiny_backbo
     assert _local_rms(cut, whole, cuts, half) > 4 * _local_rms(chunked, whole, cuts, half)
     # ... and cross-faded chunks have none: no worse at their edges than inside.
     assert _local_rms(chunked, whole, edges, half) < 2 * _local_rms(chunked, whole, interiors, half)
+
+
+@pytest.mark.parametrize("preset", ["w2v-bert-2.0", "usm"])
+def test_inputs_shorter_than_a_few_frames_still_restore(tiny_backbone, preset):
+    restorer = _restorer(tiny_backbone(preset), preset)
+    results = restorer.restore_batch([np.full(1, 0.1, np.float32), 0.1 * np.ones(800, np.float32)], [16000, 16000])
+    assert [out.shape for out, _ in results] == [(2,), (1200,)]
+    assert all(np.isfinite(out).all() for out, _ in results)
