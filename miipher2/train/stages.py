@@ -251,6 +251,11 @@ def _train_vocoder(name: str, config: TrainConfig, data_root: Path, out_dir: Pat
 
     prepare_out_dir(out_dir, resume)
     stage: VocoderStageConfig = getattr(config, name)
+    if name == "stage3":  # fail before loading any model when an earlier stage is missing
+        for directory, files, what in ((stage1_dir, (ENCODER_FILE, ADAPTERS_FILE), "stage 1"),
+                                       (stage2_dir, (ENCODER_FILE, VOCODER_FILE, DISCRIMINATOR_FILE), "stage 2")):
+            for file in files:
+                _require_file(directory / file, what)
     with stage_session(config, name, out_dir, tracker) as (ctx, tracker):
         encoder = build_encoder(config, cache_dir_for(config, out_dir), ctx.device)
         cleaner = encoder.cleaner.eval()
