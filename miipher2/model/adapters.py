@@ -41,15 +41,8 @@ class AdapterBank(nn.Module):
         super().__init__()
         self.adapters = nn.ModuleList(ParallelAdapter(dim, bottleneck) for _ in hosts)
         self.enabled = True
-        self._handles = [host.register_forward_hook(self._hook_for(i)) for i, host in enumerate(hosts)]
-
-    def _hook_for(self, index: int):
-        def add_adapter_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            if not self.enabled:
-                return output
-            return output + self.adapters[index](inputs[0]).to(output.dtype)
-
-        return add_adapter_output
+        for index, host in enumerate(hosts):
+            host.register_forward_hook(_AddAdapterOutput(self, index))
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
@@ -62,3 +55,19 @@ class AdapterBank(nn.Module):
 
     def __len__(self) -> int:
         return len(self.adapters)
+
+
+class _AddAdapterOutput:
+    """The forward hook: host output + adapter(host input).
+
+    An object rather than a closure so that copy.deepcopy / pickle of the whole model carry the
+    hook over to the copied bank (a closure would keep calling the original's adapters).
+    """
+
+    def __init__(self, bank: AdapterBank, index: int):
+        self.bank, self.index = bank, index
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not self.bank.enabled:
+            return output
+        return output + self.bank.adapters[self.index](inputs[0]).to(output.dtype)

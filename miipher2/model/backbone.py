@@ -249,11 +249,12 @@ class FeatureCleaner(nn.Module):
         pad = self.input_padding
         wave = nn.functional.pad(wave.float(), (pad, pad))
         inputs, mask = self.frontend(wave, lengths.to(wave.device) + 2 * pad)
-        self.adapters.enabled = use_adapters
+        previous = self.adapters.enabled
+        self.adapters.enabled = previous and use_adapters
         try:
             hidden, frame_mask = self.family.encode(self.encoder, inputs, mask)
         finally:
-            self.adapters.enabled = True
+            self.adapters.enabled = previous
         hidden = hidden * frame_mask[..., None].to(hidden.dtype)
         return hidden, frame_mask.sum(1)
 

@@ -151,3 +151,15 @@ def test_usm_preset_reads_only_the_audio_tower_of_a_full_gemma3n_checkpoint(tiny
         from_full = _cleaner(tmp_path, "usm")(wave)[0]
         from_audio_only = _cleaner(audio_dir, "usm")(wave)[0]
     torch.testing.assert_close(from_full, from_audio_only)
+
+
+def test_a_deep_copy_uses_its_own_adapters(tiny_backbone):
+    import copy
+
+    cleaner = _cleaner(tiny_backbone("w2v-bert-2.0"), "w2v-bert-2.0")
+    twin = copy.deepcopy(cleaner)
+    _randomise_adapters(twin)
+    wave = torch.randn(1, 8000) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(cleaner(wave)[0], cleaner(wave, use_adapters=False)[0])  # original untouched
+        assert not torch.allclose(twin(wave)[0], cleaner(wave)[0])
