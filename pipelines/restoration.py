@@ -109,7 +109,8 @@ def submit_restoration(host: str, params: dict, token: Optional[str] = None, exp
 def run_restoration_locally(params: dict, pipeline_root) -> tuple[Path, dict[str, Any], float]:
     """Run the pipeline here (KFP SubprocessRunner, this interpreter); never raises for a failed step.
 
-    Returns (this run's folder, task -> executor output, wall seconds).
+    Returns (this run's folder, task -> executor output, wall seconds); tasks inside the shard
+    loop are named by their folder, e.g. `for-loop-1-iteration-0/restore-shard`.
     """
     from kfp import local
 
@@ -126,5 +127,6 @@ def run_restoration_locally(params: dict, pipeline_root) -> tuple[Path, dict[str
     new = sorted(p for p in set(pipeline_root.iterdir()) - before if p.name.startswith(PIPELINE_NAME))
     if not new:
         raise RuntimeError(f"the local run left no run folder under {pipeline_root}")
-    outputs = {path.parent.name: json.loads(path.read_text()) for path in sorted(new[-1].rglob("executor_output.json"))}
+    outputs = {path.parent.relative_to(new[-1]).as_posix(): json.loads(path.read_text())
+               for path in sorted(new[-1].rglob("executor_output.json"))}
     return new[-1], outputs, wall

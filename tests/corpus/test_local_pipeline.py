@@ -1,0 +1,61 @@
+"""The restoration pipeline run by KFP's local runner with a registered model (by alias), then resumed by the CLI."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.corpus.conftest import build_corpus
+
+pytestmark = pytest.mark.slow
+
+MODEL_NAME = "corpus-restorer"
+
+
+@pytest.fixture
+def registered(tmp_path, model_dir, monkeypatch):
+    """`models:/corpus-restorer@challenger` in a throw-away sqlite MLflow store (env only, as in pods)."""
+    import mlflow
+
+    from miipher2.registry import register_restorer
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "corpus-tests")
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("corpus-tests", artifact_location=(tmp_path / "artifacts").as_uri())
+    version = register_restorer(model_dir, MODEL_NAME, git_commit="test")
+    yield f"models:/{MODEL_NAME}@challenger", version.version
+    mlflow.set_tracking_uri("")
+
+
+def test_local_pipeline_run_with_registered_model_then_cli_resumes(tmp_path, registered, capsys):
+    from miipher2.corpus import restore_corpus
+    from pipelines.restoration import run_restoration_locally
+
+    alias_uri, version = registered
+    manifest = build_corpus(tmp_path / "data", extra_rows=[{"utt_id": "bad", "path": "clean/en/spk/bad.wav"}])
+    (tmp_path / "data" / "clean/en/spk/bad.wav").write_bytes(b"not audio at all")
+    out = tmp_path / "restored"
+    run_dir, outputs, _ = run_restoration_locally(
+        {"manifest": manifest, "model": alias_uri, "output_dir": str(out), "shards": 2, "batch_size": 2, "workers": 2},
+        tmp_path / "kfp")
+
+    assert {"plan-shards", "merge-shards"} <= set(outputs), sorted(outputs)
+    assert outputs["plan-shards"]["parameterValues"]["Output"] == [0, 1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["uri"] == f"models:/{MODEL_NAME}/{version}"  # the alias, pinned to its version
+    assert summary["files"] == {"total": 6, "restored": 5, "restored_now": 5, "reused": 0, "failed": 1}
+    assert summary["failures"][0]["source"].endswith("bad.wav")
+    assert summary["scores"]["dnsmos_ovrl"]["count"] == 5
+    restored = pd.read_csv(out / "manifests" / "test.csv")
+    assert len(restored) == 5 and restored["dnsmos_ovrl"].between(1, 5).all()
+    artifact = next(run_dir.rglob("merge-shards/restored_manifest"))
+    assert artifact.read_text() == (out / "manifests" / "test.csv").read_text()
+    shards = [o for name, o in outputs.items() if name.endswith("/restore-shard")]
+    assert len(shards) == 2
+    assert sum(o["artifacts"]["metrics"]["artifacts"][0]["metadata"]["restored"] for o in shards) == 5
+
+    # The CLI's library call picks up where the pipeline left: same plan, nothing left to restore.
+    run = restore_corpus(manifest, alias_uri, out, shards=2)
+    assert run.summary.files["restored_now"] == 0 and run.summary.files["reused"] == 5
