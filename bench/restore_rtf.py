@@ -19,15 +19,22 @@ import numpy as np
 import torch
 
 
-def matmul_peak_gflops(repeats: int = 5) -> float:
-    """Best float32 GEMM throughput over a few square sizes: the practical FLOP-bound ceiling."""
+def matmul_peak_gflops(repeats: int = 5, device: str = "cpu") -> float:
+    """Best GEMM throughput over a few square sizes (float32 on CPU, bf16 on CUDA, as the restorer
+    runs there): the practical FLOP-bound ceiling."""
+    cuda = device.startswith("cuda")
+    dtype, sizes = (torch.bfloat16, (4096, 8192)) if cuda else (torch.float32, (1024, 2048))
     best = 0.0
-    for n in (1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         a @ b  # warm-up
         for _ in range(repeats):
+            if cuda:
+                torch.cuda.synchronize()
             start = time.perf_counter()
             a @ b
+            if cuda:
+                torch.cuda.synchronize()
             best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
     return best
 
@@ -65,14 +72,15 @@ def count_flops(restorer, wave: np.ndarray) -> dict[str, float]:
     return {"cleaner": cleaner_counter.get_total_flops(), "vocoder": vocoder_counter.get_total_flops()}
 
 
-def time_restore(restorer, wave: np.ndarray, repeats: int) -> tuple[list[float], list[float]]:
+def time_restore(restorer, waves: list[np.ndarray], repeats: int, device: str) -> tuple[list[float], list[float]]:
     """Restore times and matmul peaks, interleaved so both see the same load on a shared machine."""
-    restorer.restore(wave, 16000)  # warm-up: allocator, oneDNN kernel selection
+    rates = [16000] * len(waves)
+    restorer.restore_batch(waves, rates)  # warm-up: allocator, oneDNN / cuDNN kernel selection
     times, peaks = [], []
     for _ in range(repeats):
-        peaks.append(matmul_peak_gflops(repeats=2))
+        peaks.append(matmul_peak_gflops(repeats=2, device=device))
         start = time.perf_counter()
-        restorer.restore(wave, 16000)
+        restorer.restore_batch(waves, rates)  # returns numpy: includes the device synchronisation
         times.append(time.perf_counter() - start)
     return times, peaks
 
@@ -85,27 +93,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output-rate", type=int, default=24000)
     parser.add_argument("--vocoder-size", default="paper", choices=("paper", "tiny"))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast, as Restorer runs there)")
+    parser.add_argument("--batch", type=int, default=1, help="clips restored together (the paper: 8 x 30 s on a TPU)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    wave = (0.1 * rng.standard_normal(int(args.seconds * 16000))).astype(np.float32)
-    print(f"torch {torch.__version__}, {args.threads} threads, clip {args.seconds:g} s, best of {args.repeats}")
+    waves = [(0.1 * rng.standard_normal(int(args.seconds * 16000))).astype(np.float32) for _ in range(args.batch)]
+    audio_seconds = args.seconds * args.batch
+    print(f"torch {torch.__version__}, {args.device}, {args.threads} threads, {args.batch} x {args.seconds:g} s, best of {args.repeats}")
     print("| preset | params (encoder to feature layer + adapters / vocoder) | GFLOP per audio second (cleaner + vocoder) "
           "| best (median) time | RTF | achieved GFLOP/s | matmul peak GFLOP/s | time / FLOP-bound time |")
     print("|---|---|---|---|---|---|---|---|")
     for preset in args.presets:
         restorer = build_restorer(preset, args.output_rate, args.vocoder_size)
-        flops = count_flops(restorer, wave)
+        flops = count_flops(restorer, waves[0])
         per_second = {k: v / args.seconds / 1e9 for k, v in flops.items()}
-        total = sum(flops.values()) / 1e9
-        times, peaks = time_restore(restorer, wave, args.repeats)
+        total = sum(flops.values()) / 1e9 * args.batch
+        restorer.batch_size = args.batch
+        restorer.to(args.device)
+        times, peaks = time_restore(restorer, waves, args.repeats, args.device)
         best, median, peak = min(times), statistics.median(times), max(peaks)
         encoder_params = sum(p.numel() for p in restorer.cleaner.parameters()) / 1e6
         vocoder_params = sum(p.numel() for p in restorer.vocoder.parameters()) / 1e6
         print(f"| {preset} | {encoder_params:.0f}M / {vocoder_params:.1f}M "
               f"| {per_second['cleaner']:.1f} + {per_second['vocoder']:.1f} = {sum(per_second.values()):.1f} "
-              f"| {best:.2f} s ({median:.2f} s) | {best / args.seconds:.3f} | {total / best:.1f} | {peak:.0f} "
+              f"| {best:.2f} s ({median:.2f} s) | {best / audio_seconds:.4f} | {total / best:.1f} | {peak:.0f} "
               f"| {best / (total / peak):.2f}x |", flush=True)
         del restorer
     return 0
