@@ -138,8 +138,8 @@ def main() -> None:
         for name, results in runs.items():
             r = min(results, key=lambda x: x["elapsed_s"])
             best[name] = r
-            print(f"| {name} | {r['elapsed_s']:.1f} s | {r['model_s']:.1f} s | {per_hour(r["audio_s"], r["elapsed_s"]):.1f} "
-                  f"| {per_hour(r["audio_s"], r["model_s"]):.1f} |")
+            print(f"| {name} | {r['elapsed_s']:.1f} s | {r['model_s']:.1f} s | {per_hour(r['audio_s'], r['elapsed_s']):.1f} "
+                  f"| {per_hour(r['audio_s'], r['model_s']):.1f} |")
         speedup = best["file by file"]["elapsed_s"] / best["batched"]["elapsed_s"]
         print(f"\nbatched / file by file: {speedup:.2f}x (shard time), "
               f"{best['file by file']['model_s'] / best['batched']['model_s']:.2f}x (model time)")
@@ -152,8 +152,8 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|")
         for name, results in scaling.items():
             r = min(results, key=lambda x: x["wall_s"])
-            print(f"| {name} | {r['wall_s']:.1f} s | {per_hour(r["audio_s"], r["wall_s"]):.1f} | {r['shard_elapsed_s']:.1f} s "
-                  f"| {per_hour(r["audio_s"], r["shard_elapsed_s"]):.1f} |")
+            print(f"| {name} | {r['wall_s']:.1f} s | {per_hour(r['audio_s'], r['wall_s']):.1f} | {r['shard_elapsed_s']:.1f} s "
+                  f"| {per_hour(r['audio_s'], r['shard_elapsed_s']):.1f} |")
         print(f"\nall runs: {json.dumps({**runs, **scaling})}")
         print(f"load average at the end: {os.getloadavg()}")
 
