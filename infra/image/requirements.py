@@ -32,7 +32,9 @@ def image_requirements(lock_text: str) -> str:
 
 
 def main() -> int:
-    OUTPUT.write_text(image_requirements(LOCK.read_text()))
+    tmp = OUTPUT.with_name(OUTPUT.name + ".tmp")
+    tmp.write_text(image_requirements(LOCK.read_text()))
+    tmp.replace(OUTPUT)
     print(f"wrote {OUTPUT}")
     return 0
 

@@ -81,3 +81,13 @@ def test_base_image_provides_the_locked_torch():
 @pytest.mark.parametrize("package", ["miipher2", "components", "pipelines"])
 def test_image_contains_every_package(package):
     assert re.search(rf"^COPY\s+{package}\s", DOCKERFILE.read_text(), re.MULTILINE), package
+
+
+def test_build_context_admits_exactly_what_the_dockerfile_copies():
+    allowed = {line[1:] for line in (IMAGE_DIR / "Dockerfile.dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    copied = {source for match in re.finditer(r"^COPY\s+(.+)\s+\S+$", DOCKERFILE.read_text(), re.MULTILINE)
+              for source in match.group(1).split()}
+    assert copied == allowed
+    for path in allowed:
+        assert (REPO / path).exists(), path
