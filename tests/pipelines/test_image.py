@@ -91,3 +91,13 @@ def test_build_context_admits_exactly_what_the_dockerfile_copies():
     assert copied == allowed
     for path in allowed:
         assert (REPO / path).exists(), path
+
+
+def test_kubernetes_manifests_name_the_same_image():
+    import yaml
+
+    from components._base import DEFAULT_IMAGE
+
+    name, tag = DEFAULT_IMAGE.rsplit(":", 1)
+    images = yaml.safe_load((REPO / "infra" / "k8s" / "components" / "images" / "kustomization.yaml").read_text())
+    assert {"name": name, "newTag": tag} in [{k: i.get(k) for k in ("name", "newTag")} for i in images["images"]]
