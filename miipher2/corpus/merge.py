@@ -28,6 +28,7 @@ from miipher2.data.manifest import COLUMNS, write_manifest
 SCORE_COLUMNS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")
 EXTRA_COLUMNS = ("source_path", "source_sha256", *SCORE_COLUMNS)
 PERCENTILES = (5, 25, 50, 75, 95)
+MARKDOWN_LIST_LIMIT = 50  # the Markdown stays readable; summary.json lists everything
 
 
 class IncompleteCorpusError(RuntimeError):
@@ -131,14 +132,20 @@ def summary_markdown(summary: Summary) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |")
     if summary.unscored:
         lines += ["", f"{len(summary.unscored)} restored file(s) have no scores:", ""]
-        lines += [f"- `{u['source']}`: {u['reason']}" for u in summary.unscored]
-    lines += ["", "## Failures", ""]
-    lines += [f"- `{f['source']}`: {f['reason']}" for f in summary.failures] or ["none"]
+        lines += _capped([f"- `{u['source']}`: {u['reason']}" for u in summary.unscored])
+    lines += ["", f"## Failures ({len(summary.failures)})", ""]
+    lines += _capped([f"- `{f['source']}`: {f['reason']}" for f in summary.failures]) or ["none"]
     lines += ["", "## Shards", "", "| shard | files | restored now | reused | failed | elapsed s | model s |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {s['shard']} | {s['files']} | {s['restored_now']} | {s['reused']} | {s['failed']} | {s['elapsed_s']:.1f} "
               f"| {s['model_s']:.1f} |" for s in summary.per_shard]
     return "\n".join(lines) + "\n"
+
+
+def _capped(items: list[str]) -> list[str]:
+    if len(items) <= MARKDOWN_LIST_LIMIT:
+        return items
+    return [*items[:MARKDOWN_LIST_LIMIT], f"- ... and {len(items) - MARKDOWN_LIST_LIMIT} more (see summary.json)"]
 
 
 def _shard_result(layout: Layout, plan: Plan, shard: int) -> ShardResult:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from miipher2.audio import AudioError, resample, write_audio
+from miipher2.audio import AudioError, read_audio, resample, write_audio
 from miipher2.corpus.models import load_restorer, resolve_model
 from miipher2.corpus.plan import ROW_COLUMN, Plan, load_plan, read_shard_rows
 from miipher2.corpus.records import FileRecord, Layout, sha256_file, valid_record, write_json, write_record
@@ -53,6 +53,12 @@ class ShardResult:
     @classmethod
     def from_dict(cls, data: dict) -> ShardResult:
         return cls(**data)
+
+
+@dataclass
+class _Done:
+    row: int
+    record: FileRecord
 
 
 @dataclass
@@ -105,19 +111,28 @@ def restore_shard(out_dir, shard: int, *, batch_size: int = 8, workers: int = 2,
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"shard{shard}") as pool:
         checked = list(pool.map(lambda r: _check(r, store, layout, plan), rows.to_dict("records")))
-        pending = []
+        pending, done = [], []
         for outcome in checked:
             if isinstance(outcome, _Pending):
                 pending.append(outcome)
-            elif "reason" in outcome:
-                result.failed.append(outcome)
+            elif isinstance(outcome, _Done):
+                done.append(outcome)
             else:
-                result.records.append(outcome)
-        result.reused = len(result.records)
+                result.failed.append(outcome)
+        result.reused = len(done)
         log.info("shard %d: %d file(s) done before, %d to restore, %d failed", shard, result.reused, len(pending),
                  len(result.failed))
+        # Restored earlier without scores (--no-score): score them now, without restoring again.
+        unscored = [d for d in done if score and not d.record.scores and not d.record.score_error]
+        rescoring = [pool.submit(_score_existing, d.record, layout) for d in unscored]
         if pending:
             _restore_pending(pending, load(), store, layout, plan, result, pool, batch_size, score)
+        for item, future in zip(unscored, rescoring):
+            try:
+                future.result()
+            except (OSError, ValueError) as err:  # kept as restored, just without scores
+                log.warning("shard %d: cannot score %s (%s)", shard, item.record.output, err)
+        result.records.extend({"row": d.row, **d.record.to_dict()} for d in done)
 
     result.records.sort(key=lambda r: r["row"])
     result.failed.sort(key=lambda f: f["row"])
@@ -133,7 +148,7 @@ def _check(row: dict, store, layout: Layout, plan: Plan):
         data = store.read(relative)
         record = valid_record(layout, relative, hashlib.sha256(data).hexdigest(), plan.recipe)
         if record is not None:
-            return {"row": index, **record.to_dict()}
+            return _Done(index, record)
         duration = _positive(row.get("duration_s")) or audio_duration(data, location)
     except AudioError as err:
         return _failure(index, location, err)
@@ -208,14 +223,24 @@ def _finish(item: _Pending, wave: np.ndarray, rate: int, layout: Layout, plan: P
                         input_seconds=round(item.input_seconds, 4), output_seconds=round(len(wave) / rate, 4),
                         sample_rate=int(rate))
     if score:
-        from miipher2.evaluate.quality import dnsmos
-
-        try:
-            record.scores = dnsmos()(resample(wave.astype(np.float32), rate, SCORE_RATE))
-        except ValueError as err:  # e.g. shorter than DNSMOS accepts: restored, but unscored
-            record.score_error = str(err)
+        _score(record, wave, rate)
     write_record(layout, record)  # last: a record means the output above is whole
     return record
+
+
+def _score(record: FileRecord, wave: np.ndarray, rate: int) -> None:
+    from miipher2.evaluate.quality import dnsmos
+
+    try:
+        record.scores = dnsmos()(resample(wave.astype(np.float32), rate, SCORE_RATE))
+    except ValueError as err:  # e.g. shorter than DNSMOS accepts: restored, but unscored
+        record.score_error = str(err)
+
+
+def _score_existing(record: FileRecord, layout: Layout) -> None:
+    wave, rate = read_audio(layout.root / record.output)
+    _score(record, wave, rate)
+    write_record(layout, record)  # same output, same hash: only the scores are new
 
 
 def _failure(row: int, location: str, err: Exception, prefix: str = "") -> dict:

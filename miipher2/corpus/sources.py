@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
@@ -97,13 +98,16 @@ class S3Store:
 
     def __init__(self, root: str):
         self.bucket, self.prefix = _split_s3(root)
+        self._lock = threading.Lock()
 
     @cached_property
     def _client(self):
         import boto3
 
+        # Clients are thread-safe, creating them from boto3's default session is not: one, once.
         # Endpoint, region and credentials: the environment's, resolved by botocore.
-        return boto3.client("s3")
+        with self._lock:
+            return boto3.client("s3")
 
     def key(self, relative: str) -> str:
         if not isinstance(relative, str) or not relative.strip():

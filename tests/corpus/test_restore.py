@@ -121,6 +121,18 @@ def test_another_model_or_setting_restores_everything_again(tmp_path, model_dir,
     assert len(counting.seen) == 5
 
 
+def test_files_restored_without_scores_are_scored_later_without_restoring(tmp_path, model_dir, restorer):
+    manifest = build_corpus(tmp_path / "data")
+    out = tmp_path / "out"
+    _, summary = _run(manifest, model_dir, out, restorer, score=False)
+    assert summary.scores["dnsmos_ovrl"]["count"] == 0 and len(summary.unscored) == 5
+    before = _mtimes(out)
+    counting = CountingRestorer(restorer)
+    _, summary = _run(manifest, model_dir, out, counting, score=True)
+    assert counting.seen == [] and _mtimes(out) == before
+    assert summary.scores["dnsmos_ovrl"]["count"] == 5 and summary.unscored == []
+
+
 def test_bad_files_are_reported_and_the_rest_restored(tmp_path, model_dir, restorer):
     extra = [{"utt_id": "corrupt", "path": "clean/en/spk/corrupt.wav", "duration_s": 1.0},
              {"utt_id": "gone", "path": "clean/en/spk/gone.wav", "duration_s": 1.0},
