@@ -118,12 +118,10 @@ def build_training_pipeline(cluster: ClusterConfig | None = ClusterConfig()):
         if cluster is not None:
             for task in steps:
                 _with_credentials(task, cluster)
-            for task in (adapters, vocoder, model):
-                _on_gpu(task, cluster, retry=True)
+            for task in (adapters, vocoder, model, evaluation):
+                _on_gpu(task, cluster)
+            for task in (validated, adapters, vocoder, model, evaluation):  # the steps that touch data
                 _with_workspace(task, cluster)
-            _on_gpu(evaluation, cluster, retry=True)
-            _with_workspace(validated, cluster)  # the dataset copy lives on the workspace
-            _with_workspace(evaluation, cluster)
 
     return training_pipeline
 
@@ -137,7 +135,8 @@ def _with_credentials(task: dsl.PipelineTask, cluster: ClusterConfig) -> None:
                                      config_map_key_to_env=cluster.settings)
 
 
-def _on_gpu(task: dsl.PipelineTask, cluster: ClusterConfig, retry: bool) -> None:
+def _on_gpu(task: dsl.PipelineTask, cluster: ClusterConfig) -> None:
+    """One GPU on the GPU pool, shared memory for DataLoader workers, and retries for preemption."""
     task.set_accelerator_type(cluster.accelerator_type).set_accelerator_limit(cluster.gpus_per_step)
     task.set_cpu_request(cluster.gpu_cpu_request).set_memory_request(cluster.gpu_memory_request)
     task.set_memory_limit(cluster.gpu_memory_limit)
@@ -147,8 +146,7 @@ def _on_gpu(task: dsl.PipelineTask, cluster: ClusterConfig, retry: bool) -> None
         kubernetes.add_toleration(task, **toleration)
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                size_limit=cluster.shm_size)
-    if retry:
-        task.set_retry(num_retries=cluster.retries, backoff_duration=cluster.retry_backoff, backoff_factor=2.0)
+    task.set_retry(num_retries=cluster.retries, backoff_duration=cluster.retry_backoff, backoff_factor=2.0)
 
 
 def _with_workspace(task: dsl.PipelineTask, cluster: ClusterConfig) -> None:
