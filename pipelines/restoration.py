@@ -74,7 +74,7 @@ def build_restoration_pipeline(cluster: Optional[ClusterConfig] = ClusterConfig(
                 _with_credentials(task, cluster)  # S3 for the corpus, MLflow for the model
                 _with_workspace(task, cluster)
             # A preempted shard pod is retried and resumes: its finished files have records.
-            _on_gpu(restored, cluster, retry=True)
+            _on_gpu(restored, cluster)
 
     return restoration_pipeline
 

@@ -79,3 +79,29 @@ def test_manifest_and_audio_on_s3(tmp_path, model_dir, s3, capsys):
     assert main(["restore-corpus", "s3://corpus/sets/v1/manifests/test.csv", "--model", str(model_dir), "-o", str(out),
                  "--no-score", "--shards", "2"]) == 1
     assert "(0 now, 5 already done)" in capsys.readouterr().out
+
+
+def test_pipeline_submit_passes_parameters_and_keeps_the_token_out_of_them(monkeypatch, capsys):
+    import kfp
+
+    calls = {}
+
+    class FakeClient:
+        def __init__(self, host, existing_token=None):
+            calls["client"] = (host, existing_token)
+
+        def create_run_from_pipeline_func(self, func, arguments, run_name, experiment_name, enable_caching):
+            calls["run"] = (func.name, arguments, enable_caching)
+            return type("Run", (), {"run_id": "run-42"})()
+
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    monkeypatch.setenv("KFP_TOKEN", "secret-token-9")
+    code = main(["restoration-pipeline", "submit", "--host", "https://kfp.example.com", "--manifest",
+                 "s3://corpora/x/manifests/train.csv", "--shards", "16"])
+    assert code == 0 and "submitted run run-42" in capsys.readouterr().out
+    assert calls["client"] == ("https://kfp.example.com", "secret-token-9")
+    name, arguments, caching = calls["run"]
+    assert name == "miipher2-restoration" and caching is False
+    assert arguments["manifest"] == "s3://corpora/x/manifests/train.csv" and arguments["shards"] == 16
+    assert arguments["model"] == "models:/miipher2@champion"
+    assert "secret-token-9" not in str(arguments)
