@@ -8,7 +8,8 @@ Output: a DataFrame with the same columns: the restored audio and its rate (24 k
 Artifacts: `restorer/` (config.yaml + adapters/vocoder safetensors, exactly the model directory)
 and, when the config's backbone source is a local directory rather than a hub id, `backbone/`
 (a copy of that encoder), so a `models:/` URI loads on any machine. The miipher2 code itself
-ships with the model too (`code_paths`): the model runs with the code it was trained with.
+ships with the model too (`code_paths`): the model runs with the code it was trained with, and
+the model object is built from source at load time (`pyfunc_entry.py`), never unpickled.
 
 We log a pyfunc, not `mlflow.pytorch`: MLflow 3 would torch.export the model, which neither our
 chunked numpy `restore` nor arbitrary-length audio fit.
@@ -113,7 +114,7 @@ def log_restorer(model_dir: str | Path, *, name: str = "restorer", registered_mo
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=RestorerPyfunc(),
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # models from code: no pickle
             artifacts=artifacts,
             code_paths=[str(code)],
             signature=model_signature(),

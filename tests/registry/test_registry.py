@@ -39,6 +39,7 @@ def test_register_alias_load_and_predict_anywhere(mlflow_store, tmp_path):
     packaged = Path(mlflow.artifacts.download_artifacts(f"models:/roundtrip/{version.version}")) / "artifacts"
     assert sorted(p.name for p in packaged.rglob("*.safetensors")) == ["adapters.safetensors", "model.safetensors",
                                                                        "vocoder.safetensors"]
+    assert not list(packaged.parent.rglob("*.pkl")), "the model must load from code, not from a pickle"
 
 
 def test_evaluation_is_logged_to_mlflow(mlflow_store, models, eval_root, tmp_path):
