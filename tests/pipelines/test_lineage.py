@@ -7,6 +7,14 @@ import pytest
 from miipher2.lineage import GIT_COMMIT_ENV, Lineage, git_commit, start_pipeline_run, step_run
 from miipher2.steps import _display_repo, _safe_name
 
+@pytest.fixture(autouse=True)
+def _restore_mlflow_tracking_uri(monkeypatch):
+    """tracked_run sets mlflow's process-global tracking URI; don't leak ours into later tests."""
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+
+
 LINEAGE = Lineage(git_commit="abc", dataset_revision="v2", dataset_md5="f00.dir", kfp_run_id="run-1",
                   backbone="mhubert-147", experiment="lineage-test")
 

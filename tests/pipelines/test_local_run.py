@@ -79,9 +79,15 @@ def mlflow_server(tmp_path_factory, environment):
             stdout=handle, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
+        import mlflow
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
         _wait_healthy(url, process, log)
         patch = pytest.MonkeyPatch()
-        patch.setenv("MLFLOW_TRACKING_URI", url)
+        patch.setenv("MLFLOW_TRACKING_URI", url)  # for the pipeline's step processes
+        # For this process too, whatever URI earlier tests left in mlflow's global; restored after.
+        patch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+        mlflow.set_tracking_uri(url)
         yield url
         patch.undo()
     finally:
