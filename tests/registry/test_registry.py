@@ -53,6 +53,7 @@ def test_evaluation_is_logged_to_mlflow(mlflow_store, models, eval_root, tmp_pat
     assert {"evaluation/report.html", "evaluation/report.md", "evaluation/utterances.csv"} <= artifacts
 
 
+@pytest.mark.slow
 def test_the_gate_promotes_better_refuses_worse_and_records_why(mlflow_store, models, eval_root, tmp_path):
     client = mlflow.MlflowClient()
     gate = dict(rules=LSD_RULE, out_dir=tmp_path / "gate", evaluate=None)
@@ -88,6 +89,12 @@ def test_the_gate_promotes_better_refuses_worse_and_records_why(mlflow_store, mo
     assert str(client.get_model_version_by_alias("gated", CHAMPION).version) == "2"
     tags = client.get_model_version("gated", "3").tags
     assert tags["promotion.decision"] == "rejected" and tags["promotion.reason"].startswith("lsd may have dropped")
+
+    # The champion evaluates straight from the registry.
+    out = tmp_path / "champion-eval"
+    assert main(["evaluate", "--model", "models:/gated@champion", "--data", str(eval_root), "--out", str(out),
+                 "--metrics", "intrusive", "--no-baseline", "--max-utterances", "1", "--workers", "1"]) == 0
+    assert (out / "audio" / "miipher2").is_dir() and (out / "report.html").is_file()
 
 
 def test_missing_model_alias_and_broken_versions_give_clear_errors(mlflow_store, eval_root, tmp_path, capsys):
