@@ -8,7 +8,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(BIN)/miipher2 demo
+	$(BIN)/miipher2 pipeline run --local
 
 test: setup
 	$(BIN)/python -m pytest
