@@ -109,18 +109,24 @@ def stage_session(config: TrainConfig, stage: str, out_dir: Path, tracker) -> It
     """Process group, seeds, backends and (on rank 0) an MLflow run for one stage."""
     from miipher2.tracking import Tracker, tracked_run
 
-    ctx = init_distributed(config.runtime.device)
-    configure_backends(ctx, config.runtime)
-    torch.manual_seed(config.runtime.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if ctx.is_main:
-        _write_atomic(out_dir / "config.yaml", config.to_yaml())
-    if tracker is not None or not ctx.is_main:
-        yield ctx, tracker if ctx.is_main else Tracker()
-        return
-    with tracked_run(f"{config.name}-{stage}", tags={"stage": stage, "preset": config.name}) as run_tracker:
-        run_tracker.log_params({"stage": stage, "world_size": ctx.world_size, **config.to_dict()})
-        yield ctx, run_tracker
+    threads = torch.get_num_threads()
+    if config.runtime.threads is not None:
+        torch.set_num_threads(config.runtime.threads)
+    try:
+        ctx = init_distributed(config.runtime.device)
+        configure_backends(ctx, config.runtime)
+        torch.manual_seed(config.runtime.seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if ctx.is_main:
+            _write_atomic(out_dir / "config.yaml", config.to_yaml())
+        if tracker is not None or not ctx.is_main:
+            yield ctx, tracker if ctx.is_main else Tracker()
+            return
+        with tracked_run(f"{config.name}-{stage}", tags={"stage": stage, "preset": config.name}) as run_tracker:
+            run_tracker.log_params({"stage": stage, "world_size": ctx.world_size, **config.to_dict()})
+            yield ctx, run_tracker
+    finally:
+        torch.set_num_threads(threads)  # a library call leaves the caller's process as it found it
 
 
 def fill_feature_cache(encoder: Encoder, cache: FeatureCache, dataset_root: Path, items, ctx: DistContext,
