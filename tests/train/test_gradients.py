@@ -45,7 +45,6 @@ def test_stage1_step_updates_only_adapters(corpus, shared_cache, tiny_config):
         assert torch.equal(value, frozen[key]), key
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("use_adapters", [False, True], ids=["stage2", "stage3"])
 def test_vocoder_step_leaves_the_cleaner_untouched(corpus, shared_cache, tiny_config, use_adapters):
     from miipher2.model.gan import GanLosses, build_discriminator

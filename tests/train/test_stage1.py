@@ -56,7 +56,6 @@ class SigtermAfter:
         return light_noise(wave, rng)
 
 
-@pytest.mark.slow
 def test_tiny_model_overfits_a_few_utterances(corpus, tiny_config, tmp_path):
     """Stated factor: the stage-1 loss falls at least 5x within 60 steps on 4 utterances."""
     config = tiny_config("stage1.steps=60", "stage1.lr=1e-2", "stage1.schedule=constant", "stage1.warmup_steps=0",
@@ -71,7 +70,6 @@ def test_tiny_model_overfits_a_few_utterances(corpus, tiny_config, tmp_path):
     assert losses[0] / min(losses[-5:]) >= 5.0, losses
 
 
-@pytest.mark.slow  # three short stage-1 runs: ~25 s on 2 idle cores
 def test_sigterm_then_resume_equals_an_uninterrupted_run(corpus, tiny_config, tmp_path):
     config = tiny_config("stage1.steps=4", "stage1.checkpoint_every=100", "stage1.log_every=1")
     straight = train_stage1(config, corpus, tmp_path / "straight", tracker=RecordingTracker(), degrade=light_noise)
