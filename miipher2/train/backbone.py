@@ -95,6 +95,17 @@ def resolve_source(preset: str, source: str, cache_dir: str | os.PathLike, seed:
         return source
     size = source[len(RANDOM_PREFIX):]
     target = Path(cache_dir) / "backbones" / f"{preset}-{size}-seed{seed}"
-    if not (target / "config.json").is_file():
-        make_random_backbone(preset, target, size=size, seed=seed)
+    if not target.is_dir():
+        # Stages started side by side may both get here: each builds a private copy and the
+        # first rename wins; the loser's identical copy is discarded, never swapped under a reader.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        private = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            make_random_backbone(preset, private / "model", size=size, seed=seed)
+            os.rename(private / "model", target)
+        except OSError:
+            if not target.is_dir():
+                raise
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
     return str(target.resolve())

@@ -183,7 +183,7 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
-def _frames_to_seconds(encoder: Encoder):
+def _audio_seconds(encoder: Encoder):
     hop = encoder.cleaner.hop_length
 
     def seconds(batch: dict) -> float:
@@ -228,7 +228,7 @@ def train_stage1(config: TrainConfig, data_root: str | os.PathLike, out_dir: str
         state = Resumable({"adapters": cleaner.adapters}, {"adapters": optimizer}, {"adapters": scheduler})
         result = run_loop(stage="stage1", stage_config=stage, ctx=ctx, runtime=config.runtime, out_dir=out_dir,
                           state=state, dataset=dataset, sampler=sampler, step=step, tracker=tracker,
-                          num_workers=config.data.num_workers, resume=resume, seconds_of=_frames_to_seconds(encoder))
+                          num_workers=config.data.num_workers, resume=resume, seconds_of=_audio_seconds(encoder))
         result.encoder_identity = encoder.identity
         if not result.interrupted:
             result.weights = _finish(ctx, out_dir, {ADAPTERS_FILE: cleaner.adapters}, result, tracker)

@@ -58,3 +58,17 @@ def test_a_different_encoder_uses_a_different_cache(shared_cache, tiny_config):
     b = build_encoder(shallower, shared_cache, CPU.device)
     assert a.identity != b.identity
     assert FeatureCache(shared_cache, a.identity).directory != FeatureCache(shared_cache, b.identity).directory
+
+
+def test_random_backbone_is_deterministic_and_materialised_once(tmp_path):
+    from miipher2.train.backbone import make_random_backbone, resolve_source
+
+    first = resolve_source("mhubert-147", "random:tiny", tmp_path, seed=0)
+    stamp = (tmp_path / "backbones" / "mhubert-147-tiny-seed0" / "model.safetensors").stat().st_mtime_ns
+    assert resolve_source("mhubert-147", "random:tiny", tmp_path, seed=0) == first  # reused, not rebuilt
+    assert (tmp_path / "backbones" / "mhubert-147-tiny-seed0" / "model.safetensors").stat().st_mtime_ns == stamp
+    again = make_random_backbone("mhubert-147", tmp_path / "again", seed=0)
+    assert (again / "model.safetensors").read_bytes() == (tmp_path / "backbones" / "mhubert-147-tiny-seed0" /
+                                                          "model.safetensors").read_bytes()
+    assert resolve_source("mhubert-147", "org/model", tmp_path) == "org/model"
+    assert not list((tmp_path / "backbones").glob(".*"))  # no temp dirs left behind
