@@ -77,8 +77,11 @@ def make_random_backbone(preset: str, out_dir: str | os.PathLike, size: str = "t
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model, feature_extractor = _BUILDERS[preset](size, _depth(preset))
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, is_main_process=True)
         feature_extractor.save_pretrained(tmp)
+        if not (tmp / "model.safetensors").is_file():
+            raise RuntimeError(f"transformers did not write the weights of the random {preset} backbone "
+                               "(in a process group, only rank 0 may create it)")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

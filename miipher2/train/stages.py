@@ -61,10 +61,16 @@ def cache_dir_for(config: TrainConfig, out_dir: Path) -> Path:
     return Path(config.cache.dir) if config.cache.dir else out_dir.parent / "cache"
 
 
-def build_encoder(config: TrainConfig, cache_dir: Path, device: torch.device) -> Encoder:
+def build_encoder(config: TrainConfig, cache_dir: Path, device: torch.device, ctx: DistContext | None = None) -> Encoder:
     from miipher2.model.backbone import FeatureCleaner
 
     enc = config.encoder
+    if ctx is not None and ctx.distributed:
+        # transformers writes weights from rank 0 only once a process group exists, so rank 0
+        # alone materialises a random backbone and the others wait for it.
+        if ctx.is_main:
+            resolve_source(enc.preset, enc.source, cache_dir, seed=config.runtime.seed)
+        barrier(ctx)
     source = resolve_source(enc.preset, enc.source, cache_dir, seed=config.runtime.seed)
     cleaner = FeatureCleaner.from_pretrained(source, enc.preset, enc.feature_layer, enc.adapter_dim)
     fingerprint = weights_fingerprint(cleaner, exclude=cleaner.adapter_parameters())
@@ -204,7 +210,7 @@ def train_stage1(config: TrainConfig, data_root: str | os.PathLike, out_dir: str
     prepare_out_dir(out_dir, resume)
     stage = config.stage1
     with stage_session(config, "stage1", out_dir, tracker) as (ctx, tracker):
-        encoder = build_encoder(config, cache_dir_for(config, out_dir), ctx.device)
+        encoder = build_encoder(config, cache_dir_for(config, out_dir), ctx.device, ctx)
         _write_encoder_record(out_dir, encoder, config, ctx)
         items = load_items(data_root, config.data.split, config.data.max_seconds, config.data.min_seconds)
         batch = per_rank_batch_size(ctx, stage.batch_size, "stage1.batch_size")
@@ -263,7 +269,7 @@ def _train_vocoder(name: str, config: TrainConfig, data_root: Path, out_dir: Pat
             for file in files:
                 _require_file(directory / file, what)
     with stage_session(config, name, out_dir, tracker) as (ctx, tracker):
-        encoder = build_encoder(config, cache_dir_for(config, out_dir), ctx.device)
+        encoder = build_encoder(config, cache_dir_for(config, out_dir), ctx.device, ctx)
         cleaner = encoder.cleaner.eval()
         cleaner.requires_grad_(False)  # frozen here, adapters included
         vocoder, discriminator = build_vocoder(config, cleaner), build_discriminator()
