@@ -48,3 +48,20 @@ def test_two_processes_match_one_and_resume(corpus, shared_cache, tmp_path):
     assert saves_first == ["0", "0"] and saves == ["0"] * 3  # steps 2, 4 then 6: rank 0 only
     ckpts = sorted(p.name for p in (tmp_path / "out-ddp" / "checkpoints").iterdir())
     assert ckpts == ["step-00000004", "step-00000006"]  # keep_checkpoints=2 from demo-cpu
+
+
+@pytest.mark.slow
+def test_gan_stage_under_torchrun_with_a_fresh_cache(corpus, tmp_path):
+    """Stage 2 (DDP generator + discriminator, no_sync during the generator step) on 2 processes;
+    the fresh cache also makes rank 0 build the random backbone while rank 1 waits."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "MIIPHER2_NO_PROGRESS": "1"}
+    sets = [a for item in ("stage2.steps=1", "stage2.batch_size=4", "stage2.segment_frames=8", "data.max_seconds=1.0",
+                           "data.min_seconds=0.3") for a in ("--set", item)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "miipher2.cli", "train", "stage2", "--config", "demo-cpu", "--data", str(corpus),
+               "--out", str(tmp_path / "stage2"), "--cache", str(tmp_path / "cache"), *sets]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "stage2" / "result.json").read_text())
+    assert result["step"] == 1 and np.isfinite(result["metrics"]["loss"])
+    assert (tmp_path / "stage2" / "vocoder.safetensors").is_file()
