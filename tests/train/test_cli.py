@@ -21,7 +21,11 @@ def sets(cache, *extra):
 
 def test_show_config_applies_overrides(capsys, shared_cache):
     assert main(["train", "show-config", "--config", "paper", "--set", "stage1.steps=10"]) == 0
-    shown = yaml.safe_load(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    try:
+        shown = yaml.safe_load(out)
+    except yaml.YAMLError as err:
+        raise AssertionError(f"show-config printed more than YAML:\n{out}") from err
     assert shown["stage1"]["steps"] == 10 and shown["stage2"]["steps"] == 200_000
 
 
