@@ -31,43 +31,18 @@ def _depth(preset: str) -> int:
     return BACKBONE_PRESETS[preset].feature_layer
 
 
-def _w2v_bert(size: str, layers: int):
-    from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
+def _build(preset: str, size: str):
+    """The preset's architecture (`tiny` widths or the released ones) cut to its feature layer."""
+    from miipher2.model.random_backbone import architecture
 
-    dims = {"tiny": dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, output_hidden_size=32,
-                         conv_depthwise_kernel_size=7),
-            "base": dict(hidden_size=1024, num_attention_heads=16, intermediate_size=4096, output_hidden_size=1024)}[size]
-    config = Wav2Vec2BertConfig(feature_projection_input_dim=160, add_adapter=False, num_hidden_layers=layers, **dims)
-    return Wav2Vec2BertModel(config), SeamlessM4TFeatureExtractor()
-
-
-def _conv_frontend(model_name: str, config_name: str):
-    def build(size: str, layers: int):
-        import transformers
-        from transformers import Wav2Vec2FeatureExtractor
-
-        dims = {"tiny": dict(hidden_size=32, num_attention_heads=2, intermediate_size=64,
-                             conv_dim=(32, 32, 32, 32, 32, 32, 32), num_conv_pos_embeddings=16,
-                             num_conv_pos_embedding_groups=2),
-                "base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072)}[size]
-        config = getattr(transformers, config_name)(num_hidden_layers=layers, **dims)
-        return getattr(transformers, model_name)(config), Wav2Vec2FeatureExtractor(do_normalize=False)
-
-    return build
-
-
-_BUILDERS = {
-    "w2v-bert-2.0": _w2v_bert,
-    "mhubert-147": _conv_frontend("HubertModel", "HubertConfig"),
-    "hubert-large": _conv_frontend("HubertModel", "HubertConfig"),
-    "wavlm-large": _conv_frontend("WavLMModel", "WavLMConfig"),
-}
+    config, model_class, feature_extractor = architecture(preset, "tiny" if size == "tiny" else "full")
+    depth_field = "conf_num_hidden_layers" if hasattr(config, "conf_num_hidden_layers") else "num_hidden_layers"
+    setattr(config, depth_field, _depth(preset))
+    return model_class(config), feature_extractor
 
 
 def make_random_backbone(preset: str, out_dir: str | os.PathLike, size: str = "tiny", seed: int = 0) -> Path:
     """Write a random `preset`-architecture model directory to `out_dir` (atomically) and return it."""
-    if preset not in _BUILDERS:
-        raise ValueError(f"no random backbone for preset {preset!r}; available: {sorted(_BUILDERS)}")
     if size not in SIZES:
         raise ValueError(f"unknown backbone size {size!r}; choose from {SIZES}")
     out_dir = Path(out_dir)
@@ -76,7 +51,7 @@ def make_random_backbone(preset: str, out_dir: str | os.PathLike, size: str = "t
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model, feature_extractor = _BUILDERS[preset](size, _depth(preset))
+            model, feature_extractor = _build(preset, size)
         model.save_pretrained(tmp, is_main_process=True)
         feature_extractor.save_pretrained(tmp)
         if not (tmp / "model.safetensors").is_file():
