@@ -26,11 +26,17 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/miipher
   exit 0
 fi
 
+# This machine's pip config lists local package mirrors; pip warns once per package it does not
+# find there, hundreds of lines that would bury a real error.
+pip_install() {
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 'setuptools>=68,<81' wheel
+pip_install --upgrade pip 'setuptools>=68,<81' wheel
 # torch is pinned to the CPU wheel on this machine's disk; a newer pin would pull a multi-GB CUDA build.
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.lock
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+pip_install -r requirements.lock
+pip_install --no-deps --no-build-isolation -e .
 
 # speechbrain 1.1.2 imports torchaudio; the only torchaudio installable beside torch 2.13 is a
 # CUDA build whose native libraries fail to load against CPU torch. Its pure-Python parts (all
