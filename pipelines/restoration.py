@@ -22,8 +22,6 @@ Regenerate the golden compiled copy beside this file after a deliberate change:
 
 import json
 import os
-import time
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -112,21 +110,9 @@ def run_restoration_locally(params: dict, pipeline_root) -> tuple[Path, dict[str
     Returns (this run's folder, task -> executor output, wall seconds); tasks inside the shard
     loop are named by their folder, e.g. `for-loop-1-iteration-0/restore-shard`.
     """
-    from kfp import local
+    from pipelines.run import run_pipeline_locally
 
-    pipeline_root = Path(pipeline_root).absolute()
-    pipeline_root.mkdir(parents=True, exist_ok=True)
-    before = set(pipeline_root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=False)
-    started = time.perf_counter()
-    with warnings.catch_warnings():
-        # The local runner warns about image names without "python" in them; our image has Python.
-        warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
-        restoration_pipeline(**params)
-    wall = time.perf_counter() - started
-    new = sorted(p for p in set(pipeline_root.iterdir()) - before if p.name.startswith(PIPELINE_NAME))
-    if not new:
-        raise RuntimeError(f"the local run left no run folder under {pipeline_root}")
-    outputs = {path.parent.relative_to(new[-1]).as_posix(): json.loads(path.read_text())
-               for path in sorted(new[-1].rglob("executor_output.json"))}
-    return new[-1], outputs, wall
+    run_dir, wall = run_pipeline_locally(restoration_pipeline, params, pipeline_root, PIPELINE_NAME)
+    outputs = {path.parent.relative_to(run_dir).as_posix(): json.loads(path.read_text())
+               for path in sorted(run_dir.rglob("executor_output.json"))}
+    return run_dir, outputs, wall

@@ -12,6 +12,7 @@ environment, exactly as the cluster's Secrets and ConfigMap deliver them there.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -80,6 +81,15 @@ class LocalRun:
 
 def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike) -> LocalRun:
     """Run the pipeline here with KFP's local SubprocessRunner; never raises for a failed step."""
+    # GPU requests and resource limits are cluster settings; locally they are meant to be ignored.
+    run_dir, wall = run_pipeline_locally(training_pipeline, params, pipeline_root, PIPELINE_NAME,
+                                         ignore=(r"Task '.*': settings .* have no effect in the current local runner",))
+    return _collect(run_dir, wall)
+
+
+def run_pipeline_locally(pipeline_func, params: dict[str, Any], pipeline_root: str | os.PathLike, pipeline_name: str,
+                         ignore: tuple[str, ...] = ()) -> tuple[Path, float]:
+    """Run any of our pipelines with KFP's local SubprocessRunner; returns (its run folder, wall seconds)."""
     from kfp import local
 
     pipeline_root = Path(pipeline_root).absolute()
@@ -87,17 +97,23 @@ def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike) -> Local
     before = set(pipeline_root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=False)
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        # The local runner warns about image names without "python" in them; our image has Python.
-        warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
-        # GPU requests and resource limits are cluster settings; locally they are meant to be ignored.
-        warnings.filterwarnings("ignore", message=r"Task '.*': settings .* have no effect in the current local runner")
-        training_pipeline(**params)
+    original_print = builtins.print
+    try:
+        with warnings.catch_warnings():
+            # The local runner warns about image names without "python" in them; our image has Python.
+            warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
+            for message in ignore:
+                warnings.filterwarnings("ignore", message=message)
+            pipeline_func(**params)
+    finally:
+        # KFP swaps builtins.print for an indenting one around each task; with a ParallelFor the
+        # swaps interleave and the indenting print outlives the run, shifting every later line.
+        builtins.print = original_print
     wall = time.perf_counter() - started
-    new = sorted(p for p in set(pipeline_root.iterdir()) - before if p.name.startswith(PIPELINE_NAME))
+    new = sorted(p for p in set(pipeline_root.iterdir()) - before if p.name.startswith(pipeline_name))
     if not new:
         raise RuntimeError(f"the local run left no run folder under {pipeline_root}")
-    return _collect(new[-1], wall)
+    return new[-1], wall
 
 
 def _collect(run_dir: Path, wall: float) -> LocalRun:

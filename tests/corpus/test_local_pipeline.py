@@ -1,5 +1,6 @@
 """The restoration pipeline run by KFP's local runner with a registered model (by alias), then resumed by the CLI."""
 
+import builtins
 import json
 
 import pandas as pd
@@ -37,9 +38,11 @@ def test_local_pipeline_run_with_registered_model_then_cli_resumes(tmp_path, reg
     manifest = build_corpus(tmp_path / "data", extra_rows=[{"utt_id": "bad", "path": "clean/en/spk/bad.wav"}])
     (tmp_path / "data" / "clean/en/spk/bad.wav").write_bytes(b"not audio at all")
     out = tmp_path / "restored"
+    print_before = builtins.print
     run_dir, outputs, _ = run_restoration_locally(
         {"manifest": manifest, "model": alias_uri, "output_dir": str(out), "shards": 2, "batch_size": 2, "workers": 2},
         tmp_path / "kfp")
+    assert builtins.print is print_before, "KFP's indenting print outlived the local run"
 
     assert {"plan-shards", "merge-shards"} <= set(outputs), sorted(outputs)
     assert outputs["plan-shards"]["parameterValues"]["Output"] == [0, 1]
