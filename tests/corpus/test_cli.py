@@ -7,6 +7,7 @@ import pytest
 
 from miipher2.cli import main
 from tests.corpus.conftest import build_corpus
+from tests.servers import moto_s3_endpoint
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -43,17 +44,13 @@ def test_failures_exit_one_and_unusable_input_exits_two(tmp_path, model_dir, cap
 def s3(monkeypatch):
     """A moto S3 server; boto3 finds it only through the environment, as pods do."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3")
-    client.create_bucket(Bucket="corpus")
-    yield client
-    server.stop()
+    with moto_s3_endpoint() as endpoint:
+        for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}.items():
+            monkeypatch.setenv(key, value)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="corpus")
+        yield client
 
 
 def test_manifest_and_audio_on_s3(tmp_path, model_dir, s3, capsys):

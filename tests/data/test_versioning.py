@@ -12,6 +12,7 @@ from miipher2.data import versioning
 from miipher2.data.demo import DemoConfig, build_demo
 from miipher2.data.versioning import (DatasetVersionError, DeterminismError, dataset_md5, directory_md5,
                                       ensure_demo_dataset, fetch_dataset, file_hashes, pull, push, workspace_md5)
+from tests.servers import moto_s3_endpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "miipher2-test"
@@ -19,13 +20,8 @@ BUCKET = "miipher2-test"
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_s3_endpoint() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -15,11 +15,9 @@ import copy
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,6 +26,7 @@ import pytest
 
 from tests.infra import manifests
 from tests.infra.test_mlflow_server import mlflow_container
+from tests.servers import free_port, moto_s3_endpoint, wait_healthy
 
 PASSWORD = "0123456789abcdef"
 BUCKET = "miipher2-prod"  # the prod overlay's MLFLOW_ARTIFACTS_DESTINATION bucket
@@ -37,12 +36,6 @@ def _postgres_bin() -> Path | None:
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     found = candidates[-1] if candidates else shutil.which("initdb")
     return Path(found).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -65,7 +58,7 @@ def postgres_server(user: str, password: str, database: str):
     pwfile.write_text(password)
     if as_owner:
         os.chown(pwfile, owner.pw_uid, owner.pw_gid)
-    port = _free_port()
+    port = free_port()
     data = root / "data"
     try:
         subprocess.run([*as_owner, bin_dir / "initdb", "-D", data, "-U", user, f"--pwfile={pwfile}",
@@ -88,32 +81,12 @@ def postgres_server(user: str, password: str, database: str):
 @contextlib.contextmanager
 def s3_server():
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                      aws_secret_access_key="testing-secret", region_name="us-east-1")
-    s3.create_bucket(Bucket=BUCKET)
-    try:
+    with moto_s3_endpoint() as endpoint:
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                          aws_secret_access_key="testing-secret", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
         yield endpoint, s3
-    finally:
-        server.stop()
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(urllib.error.URLError, OSError):
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
 def _status(url: str, host_header: str) -> int:
@@ -155,7 +128,7 @@ def test_rendered_mlflow_server_tracks_to_postgres_and_proxies_artifacts_to_s3(p
 
     docs = platform("prod")
     with postgres_server("mlflow", PASSWORD, "mlflow") as pg_port, s3_server() as (s3_endpoint, s3):
-        port = _free_port()
+        port = free_port()
         argv, env = _deployment_as_run_here(docs, pg_port, s3_endpoint, port)
         # The server's environment is the pod's, not this test process's.
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
@@ -165,7 +138,7 @@ def test_rendered_mlflow_server_tracks_to_postgres_and_proxies_artifacts_to_s3(p
                                       cwd=tmp_path, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_healthy(url, server, log)
+            wait_healthy(url, server, log)
 
             # Clients in the cluster reach it by service name; others are refused.
             assert _status(url, "miipher2-mlflow:5000") == 200

@@ -92,7 +92,7 @@ def test_gradients_reach_only_the_adapters(tiny_backbone, preset, speechlike):
 @pytest.mark.parametrize("preset", FAMILY_PRESETS)
 def test_train_mode_keeps_the_frozen_encoder_in_eval_mode(tiny_backbone, preset):
     cleaner = _cleaner(tiny_backbone(preset), preset)
-    parent = torch.nn.ModuleDict({"cleaner": cleaner}).train()
+    torch.nn.ModuleDict({"cleaner": cleaner}).train()  # .train() from a parent, as a training loop does
     assert cleaner.training and cleaner.adapters.training
     assert not any(module.training for module in cleaner.encoder.modules())
 

@@ -172,7 +172,6 @@ def test_golden_copy_matches(compiled):
 
 
 def test_compiles_without_cluster_settings(tmp_path):
-    from pipelines.training import ClusterConfig  # noqa: F401 — the switch is the `cluster` argument
 
     text = compile_pipeline(tmp_path / "plain.yaml", cluster=None).read_text()
     assert "platforms" not in text and "accelerator" not in text and "retryPolicy" not in text

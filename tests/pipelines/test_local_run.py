@@ -8,17 +8,14 @@ one stops at validation with its report, and nothing is trained or registered.
 """
 
 import contextlib
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.servers import free_port, moto_s3_endpoint, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -32,27 +29,16 @@ TINY = ["stage1.steps=2", "stage2.steps=2", "stage3.steps=2", "stage1.checkpoint
         "stage3.batch_size=2", "stage2.segment_frames=8", "stage3.segment_frames=8"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
-    client.create_bucket(Bucket=BUCKET)
-    yield endpoint, client
-    server.stop()
+    with moto_s3_endpoint() as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        client.create_bucket(Bucket=BUCKET)
+        yield endpoint, client
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +55,7 @@ def environment(s3):
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory, environment):
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     log = root / "server.log"
     with open(log, "w") as handle:
         process = subprocess.Popen(
@@ -82,7 +68,7 @@ def mlflow_server(tmp_path_factory, environment):
         import mlflow
         from mlflow.tracking._tracking_service import utils as tracking_utils
 
-        _wait_healthy(url, process, log)
+        wait_healthy(url, process, log)
         patch = pytest.MonkeyPatch()
         patch.setenv("MLFLOW_TRACKING_URI", url)  # for the pipeline's step processes
         # For this process too, whatever URI earlier tests left in mlflow's global; restored after.
@@ -96,19 +82,6 @@ def mlflow_server(tmp_path_factory, environment):
             process.wait(timeout=20)
         if process.poll() is None:
             process.kill()
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(urllib.error.URLError, OSError):
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
