@@ -172,6 +172,5 @@ def test_golden_copy_matches(compiled):
 
 
 def test_compiles_without_cluster_settings(tmp_path):
-
     text = compile_pipeline(tmp_path / "plain.yaml", cluster=None).read_text()
     assert "platforms" not in text and "accelerator" not in text and "retryPolicy" not in text
