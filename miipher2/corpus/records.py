@@ -27,7 +27,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 RECORD_FORMAT = "miipher2-restored-file/1"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -109,11 +108,8 @@ def recipe_fingerprint(model_identity: str, chunk_seconds: float, overlap_second
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def valid_record(layout: Layout, relative: str, source_sha256: str, recipe: str) -> FileRecord | None:

@@ -26,7 +26,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 DATASET_PATH = "data"  # the tracked directory, relative to the repository root
-CHUNK = 1 << 20
 
 
 class DatasetVersionError(RuntimeError):
@@ -233,11 +232,8 @@ def _mismatches(root: Path, expected: dict[str, str]) -> list[str]:
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 @contextmanager
