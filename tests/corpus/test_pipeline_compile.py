@@ -9,6 +9,7 @@ import yaml
 from components._base import DEFAULT_IMAGE, IMAGE
 from pipelines.restoration import compile_restoration_pipeline
 from pipelines.run import normalised
+from tests.kfp_spec import all_tasks, executor_label
 
 GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "restoration.yaml"
 CANARIES = {"AWS_SECRET_ACCESS_KEY": "canary-s3-secret-5c1d", "AWS_ACCESS_KEY_ID": "CANARYKEYID5C1D",
@@ -26,17 +27,6 @@ def compiled(tmp_path_factory):
         patch.undo()
     spec, platform = yaml.safe_load_all(text)
     return text, spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-
-
-def _tasks(spec):
-    tasks = dict(spec["root"]["dag"]["tasks"])
-    for component in spec["components"].values():
-        tasks.update(component.get("dag", {}).get("tasks", {}))
-    return tasks
-
-
-def _label(spec, task):
-    return spec["components"][_tasks(spec)[task]["componentRef"]["name"]]["executorLabel"]
 
 
 def test_plan_fans_out_over_shards_then_merges(compiled):
@@ -61,30 +51,30 @@ def test_plan_fans_out_over_shards_then_merges(compiled):
 def test_gpu_only_on_the_shard_step_with_retries(compiled):
     _, spec, platform = compiled
     executors = spec["deploymentSpec"]["executors"]
-    accelerator = executors[_label(spec, "restore-shard")]["container"]["resources"]["accelerator"]
+    accelerator = executors[executor_label(spec, "restore-shard")]["container"]["resources"]["accelerator"]
     assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "1")
-    shard = platform[_label(spec, "restore-shard")]
+    shard = platform[executor_label(spec, "restore-shard")]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in shard["tolerations"]
     assert shard["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
-    assert _tasks(spec)["restore-shard"]["retryPolicy"]["maxRetryCount"] == 3
+    assert all_tasks(spec)["restore-shard"]["retryPolicy"]["maxRetryCount"] == 3
     for task in ("plan-shards", "merge-shards"):
-        assert "accelerator" not in executors[_label(spec, task)]["container"].get("resources", {}), task
-        assert "tolerations" not in platform[_label(spec, task)], task
-        assert "retryPolicy" not in _tasks(spec)[task]
+        assert "accelerator" not in executors[executor_label(spec, task)]["container"].get("resources", {}), task
+        assert "tolerations" not in platform[executor_label(spec, task)], task
+        assert "retryPolicy" not in all_tasks(spec)[task]
     for task in ("plan-shards", "restore-shard", "merge-shards"):  # the resumable state lives on the workspace
-        mounts = platform[_label(spec, task)]["pvcMount"]
+        mounts = platform[executor_label(spec, task)]["pvcMount"]
         assert [(m["constant"], m["mountPath"]) for m in mounts] == [("miipher2-workspace", "/workspace")]
-        assert not _tasks(spec)[task].get("cachingOptions", {}).get("enableCache"), task
+        assert not all_tasks(spec)[task].get("cachingOptions", {}).get("enableCache"), task
     assert spec["root"]["inputDefinitions"]["parameters"]["output_dir"]["defaultValue"] == "/workspace/restored"
 
 
 def test_credentials_only_from_secrets(compiled):
     text, spec, platform = compiled
     for task in ("plan-shards", "restore-shard", "merge-shards"):
-        secrets = {(s["secretName"], e["envVar"]) for s in platform[_label(spec, task)]["secretAsEnv"] for e in s["keyToEnv"]}
+        secrets = {(s["secretName"], e["envVar"]) for s in platform[executor_label(spec, task)]["secretAsEnv"] for e in s["keyToEnv"]}
         assert {("miipher2-s3", "AWS_ACCESS_KEY_ID"), ("miipher2-s3", "AWS_SECRET_ACCESS_KEY"),
                 ("miipher2-s3", "AWS_ENDPOINT_URL"), ("miipher2-mlflow", "MLFLOW_TRACKING_PASSWORD")} <= secrets, task
-        assert "env" not in spec["deploymentSpec"]["executors"][_label(spec, task)]["container"]
+        assert "env" not in spec["deploymentSpec"]["executors"][executor_label(spec, task)]["container"]
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert not [p for p in params if any(w in p.lower() for w in ("secret", "password", "token", "key"))]
     for value in CANARIES.values():

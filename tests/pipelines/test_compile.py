@@ -8,6 +8,7 @@ import yaml
 
 from components._base import DEFAULT_IMAGE, IMAGE
 from pipelines.run import compile_pipeline, normalised
+from tests.kfp_spec import all_tasks, executor_label
 
 GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "training.yaml"
 GPU_TASKS = {"train-pa", "pretrain-vocoder", "finetune-vocoder", "evaluate"}
@@ -34,22 +35,13 @@ def compiled(tmp_path_factory):
     return text, spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-def _tasks(spec):
-    """task name -> task spec, across the root DAG and the dataset-valid condition's sub-DAG."""
-    tasks = dict(spec["root"]["dag"]["tasks"])
-    for component in spec["components"].values():
-        tasks.update(component.get("dag", {}).get("tasks", {}))
-    return tasks
-
-
 def _executor(spec, task):
-    component = spec["components"][_tasks(spec)[task]["componentRef"]["name"]]
-    return spec["deploymentSpec"]["executors"][component["executorLabel"]]
+    return spec["deploymentSpec"]["executors"][executor_label(spec, task)]
 
 
 def test_dag_edges(compiled):
     _, spec, _ = compiled
-    tasks = _tasks(spec)
+    tasks = all_tasks(spec)
     assert set(tasks) >= GPU_TASKS | CPU_TASKS
     deps = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
     # Inside the condition, stage 1 and 2 depend on nothing but the (parent-scope) dataset: parallel.
@@ -96,24 +88,20 @@ def test_gpu_only_where_needed(compiled):
         resources = _executor(spec, task)["container"]["resources"]
         accelerator = resources["accelerator"]
         assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "1"), task
-        label = _executor_label(spec, task)
+        label = executor_label(spec, task)
         assert platform[label]["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in platform[label]["tolerations"]
         assert {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi", "volumeName": "dshm"} in \
             platform[label]["emptyDirMounts"]
     for task in CPU_TASKS:
         assert "accelerator" not in _executor(spec, task)["container"].get("resources", {}), task
-        assert "tolerations" not in platform[_executor_label(spec, task)]
-
-
-def _executor_label(spec, task):
-    return spec["components"][_tasks(spec)[task]["componentRef"]["name"]]["executorLabel"]
+        assert "tolerations" not in platform[executor_label(spec, task)]
 
 
 def test_workspace_volume_for_data_checkpoints_and_cache(compiled):
     _, spec, platform = compiled
     for task in GPU_TASKS | {"validate-data"}:
-        mounts = platform[_executor_label(spec, task)]["pvcMount"]
+        mounts = platform[executor_label(spec, task)]["pvcMount"]
         assert [(m["constant"], m["mountPath"]) for m in mounts] == [("miipher2-workspace", "/workspace")]
     assert spec["root"]["inputDefinitions"]["parameters"]["workspace"]["defaultValue"] == "/workspace"
 
@@ -121,7 +109,7 @@ def test_workspace_volume_for_data_checkpoints_and_cache(compiled):
 def test_credentials_only_from_secrets(compiled):
     text, spec, platform = compiled
     for task in GPU_TASKS | CPU_TASKS:
-        secrets = {(s["secretName"], e["envVar"], s["optional"]) for s in platform[_executor_label(spec, task)]["secretAsEnv"]
+        secrets = {(s["secretName"], e["envVar"], s["optional"]) for s in platform[executor_label(spec, task)]["secretAsEnv"]
                    for e in s["keyToEnv"]}
         assert {("miipher2-s3", "AWS_ACCESS_KEY_ID", False), ("miipher2-s3", "AWS_SECRET_ACCESS_KEY", False),
                 ("miipher2-mlflow", "MLFLOW_TRACKING_PASSWORD", False),
@@ -137,7 +125,7 @@ def test_credentials_only_from_secrets(compiled):
 
 def test_retries_on_gpu_steps_only(compiled):
     _, spec, _ = compiled
-    tasks = _tasks(spec)
+    tasks = all_tasks(spec)
     for task in GPU_TASKS:
         assert tasks[task]["retryPolicy"]["maxRetryCount"] == 3, task
     for task in CPU_TASKS:
@@ -146,7 +134,7 @@ def test_retries_on_gpu_steps_only(compiled):
 
 def test_no_step_can_be_served_from_cache(compiled):
     _, spec, _ = compiled
-    for name, task in _tasks(spec).items():
+    for name, task in all_tasks(spec).items():
         if "executorLabel" in spec["components"][task["componentRef"]["name"]]:
             assert not task.get("cachingOptions", {}).get("enableCache"), name
 
