@@ -7,13 +7,14 @@ here, and libsndfile reads every format a user is likely to hand us (WAV, FLAC, 
 from __future__ import annotations
 
 import os
-import tempfile
 from math import gcd
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
+
+from miipher2.files import atomic_file
 
 
 class AudioError(ValueError):
@@ -48,15 +49,8 @@ def resample(wave: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
 def write_audio(path: str | os.PathLike, wave: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
     """Write atomically: a crash never leaves a half-written file under the final name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         sf.write(tmp, np.asarray(wave, dtype=np.float32), sample_rate, subtype=subtype, format=_format_of(path))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _format_of(path: Path) -> str:

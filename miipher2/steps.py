@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from miipher2.files import atomic_write_text
 from miipher2.lineage import Lineage, git_commit, start_pipeline_run, step_run
 
 _SAFE_CHARS = "-_."
@@ -229,9 +230,7 @@ def _numbers(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _safe_name(text: str) -> str:

@@ -9,19 +9,18 @@ Everything lands in `output_dir` on the shared workspace volume, not in per-run 
 is what lets a rerun (or a retried, preempted shard pod) skip files already restored, checked
 by content hash (see miipher2/corpus/records.py). The shard step is the only one on a GPU.
 
-Cluster settings are the training pipeline's (`pipelines.training.ClusterConfig` and its
-helpers): GPU accelerator and limit, GPU pool node selector and tolerations, Secrets as env,
+Cluster settings are the training pipeline's (`pipelines.cluster`): GPU accelerator and limit, GPU pool node selector and tolerations, Secrets as env,
 the workspace PVC, retries. `build_restoration_pipeline(None)` leaves them all out; KFP's local
 runner ignores them anyway, so the local run executes this very pipeline.
 
-Regenerate the golden compiled copy beside this file after a deliberate change:
+Compile, submit and run it with `pipelines.run`; regenerate the golden compiled copy beside this
+file after a deliberate change:
     .venv/bin/miipher2 restoration-pipeline compile -o pipelines/restoration.yaml
 
 (No `from __future__ import annotations` here: KFP reads the pipeline's real annotations.)
 """
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,7 +29,7 @@ from kfp import dsl
 from components.merge_shards import merge_shards
 from components.plan_shards import plan_shards
 from components.restore_shard import restore_shard
-from pipelines.training import ClusterConfig, _on_gpu, _with_credentials, _with_workspace
+from pipelines.cluster import ClusterConfig, on_gpu, with_credentials, with_workspace
 
 PIPELINE_NAME = "miipher2-restoration"
 # Shard pods running at once; shards beyond it queue (a compile-time constant in KFP).
@@ -69,39 +68,15 @@ def build_restoration_pipeline(cluster: Optional[ClusterConfig] = ClusterConfig(
             task.set_caching_options(False)
         if cluster is not None:
             for task in (planned, restored, merged):
-                _with_credentials(task, cluster)  # S3 for the corpus, MLflow for the model
-                _with_workspace(task, cluster)
+                with_credentials(task, cluster)  # S3 for the corpus, MLflow for the model
+                with_workspace(task, cluster)
             # A preempted shard pod is retried and resumes: its finished files have records.
-            _on_gpu(restored, cluster)
+            on_gpu(restored, cluster)
 
     return restoration_pipeline
 
 
 restoration_pipeline = build_restoration_pipeline()
-
-
-def compile_restoration_pipeline(output, cluster: Optional[ClusterConfig] = ClusterConfig(),
-                                 parallelism: int = DEFAULT_PARALLELISM) -> Path:
-    """Write the pipeline spec (IR YAML) to `output`, atomically."""
-    from kfp import compiler
-
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.stem}.tmp{output.suffix or '.yaml'}")
-    compiler.Compiler().compile(build_restoration_pipeline(cluster, parallelism), str(tmp))
-    os.replace(tmp, output)
-    return output
-
-
-def submit_restoration(host: str, params: dict, token: Optional[str] = None, experiment: Optional[str] = None,
-                       run_name: Optional[str] = None) -> str:
-    """Start a run on a Kubeflow Pipelines endpoint; returns the KFP run id (`token` is never logged)."""
-    import kfp
-
-    client = kfp.Client(host=host, existing_token=token)
-    run = client.create_run_from_pipeline_func(restoration_pipeline, arguments=params, run_name=run_name,
-                                               experiment_name=experiment, enable_caching=False)
-    return run.run_id
 
 
 def run_restoration_locally(params: dict, pipeline_root) -> tuple[Path, dict[str, Any], float]:

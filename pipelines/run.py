@@ -1,8 +1,8 @@
-"""Compile, submit, or run the training pipeline locally.
+"""Compile, submit, or run our pipelines locally (training and restoration alike).
 
-    compile_pipeline("training.yaml")
-    submit("https://kfp.example.com", {"dvc_repo": "https://github.com/org/miipher2", ...}, token=...)
-    result = run_local({"training_preset": "demo-cpu", ...})
+    compile_pipeline(build_training_pipeline(ClusterConfig()), "training.yaml")
+    submit("https://kfp.example.com", training_pipeline, {"dvc_repo": "https://github.com/org/miipher2", ...}, token=...)
+    result = run_local({"training_preset": "demo-cpu", ...})      # the training pipeline
 
 The local run uses KFP's SubprocessRunner with the current interpreter (`use_venv=False`): each
 step is a subprocess running the same component code a cluster pod runs, with the pipeline's
@@ -22,22 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.training import PIPELINE_NAME, ClusterConfig, build_training_pipeline, training_pipeline
+from miipher2.files import atomic_file
+from pipelines.training import PIPELINE_NAME, training_pipeline
 
 # Compiled output that changes without any change to the pipeline (normalised for the golden copy).
 _VOLATILE = re.compile(r"^sdkVersion: .*$", re.MULTILINE)
 
 
-def compile_pipeline(output: str | os.PathLike, cluster: ClusterConfig | None = ClusterConfig()) -> Path:
-    """Write the pipeline spec (IR YAML) to `output`, atomically."""
+def compile_pipeline(pipeline_func, output: str | os.PathLike) -> Path:
+    """Write the spec (IR YAML) of a pipeline function, e.g. `build_training_pipeline(cluster)`, to
+    `output`, atomically."""
     from kfp import compiler
 
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.stem}.tmp{output.suffix or '.yaml'}")
-    compiler.Compiler().compile(build_training_pipeline(cluster), str(tmp))
-    os.replace(tmp, output)
-    return output
+    with atomic_file(output) as tmp:
+        compiler.Compiler().compile(pipeline_func, str(tmp))
+    return Path(output)
 
 
 def normalised(compiled_yaml: str) -> str:
@@ -45,16 +44,16 @@ def normalised(compiled_yaml: str) -> str:
     return _VOLATILE.sub("sdkVersion: <normalised>", compiled_yaml)
 
 
-def submit(host: str, params: dict[str, Any], token: str | None = None, experiment: str | None = None,
-           run_name: str | None = None) -> str:
-    """Start a run on a Kubeflow Pipelines endpoint; returns the KFP run id.
+def submit(host: str, pipeline_func, params: dict[str, Any], token: str | None = None,
+           experiment: str | None = None, run_name: str | None = None) -> str:
+    """Start a run of `pipeline_func` on a Kubeflow Pipelines endpoint; returns the KFP run id.
 
     `token` is a bearer token for the KFP API (never logged, never a pipeline parameter).
     """
     import kfp
 
     client = kfp.Client(host=host, existing_token=token)
-    run = client.create_run_from_pipeline_func(training_pipeline, arguments=params, run_name=run_name,
+    run = client.create_run_from_pipeline_func(pipeline_func, arguments=params, run_name=run_name,
                                                experiment_name=experiment, enable_caching=False)
     return run.run_id
 

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from miipher2.corpus.plan import ROW_COLUMN, Plan, load_plan, read_shard_rows
-from miipher2.corpus.records import Layout, write_json, write_text
+from miipher2.corpus.records import Layout, write_json
 from miipher2.corpus.shard import ShardResult
 from miipher2.corpus.sources import open_store
 from miipher2.data.manifest import COLUMNS, write_manifest
+from miipher2.files import atomic_write_text
 
 SCORE_COLUMNS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")
 EXTRA_COLUMNS = ("source_path", "source_sha256", *SCORE_COLUMNS)
@@ -90,7 +91,7 @@ def merge_shards(out_dir) -> Summary:
                    for r in results],
     )
     write_json(layout.summary_json, summary.to_dict())
-    write_text(layout.summary_markdown, summary_markdown(summary))
+    atomic_write_text(layout.summary_markdown, summary_markdown(summary))
     return summary
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from miipher2.files import atomic_file
 
 COLUMNS = ("utt_id", "path", "duration_s", "sample_rate", "channels", "language", "speaker", "split", "transcript")
 SPLITS = ("train", "val", "test")
@@ -26,13 +26,5 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:
     """Write atomically (temp file + rename) so readers never see a half-written manifest."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         frame.to_csv(tmp, index=False, lineterminator="\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from miipher2.files import atomic_write_text
 
 # Every check the validator runs, with the sentence a person reads in the report.
 CHECKS: dict[str, str] = {
@@ -121,8 +122,8 @@ class ValidationReport:
         """Write validation.json and validation.md atomically; remember and return their paths."""
         report_dir = Path(report_dir)
         paths = {"json": report_dir / "validation.json", "markdown": report_dir / "validation.md"}
-        _write_text(paths["json"], self.to_json())
-        _write_text(paths["markdown"], self.to_markdown())
+        atomic_write_text(paths["json"], self.to_json())
+        atomic_write_text(paths["markdown"], self.to_markdown())
         self.report_paths = {kind: str(path) for kind, path in paths.items()}
         return self.report_paths
 
@@ -172,15 +173,3 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

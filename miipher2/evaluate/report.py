@@ -10,7 +10,6 @@ import base64
 import html
 import io
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pandas as pd
 
 from miipher2.audio import read_audio
 from miipher2.evaluate.metrics import METRIC_RATE, METRICS
+from miipher2.files import atomic_write_text
 
 N_EXAMPLES = 3
 EXAMPLE_SECONDS = 8.0
@@ -48,8 +48,8 @@ def write_report(results, out_dir: str | Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path, markdown_path = out_dir / HTML_FILE, out_dir / MARKDOWN_FILE
-    _write_text(html_path, render_html(results))
-    _write_text(markdown_path, render_markdown(results))
+    atomic_write_text(html_path, render_html(results))
+    atomic_write_text(markdown_path, render_markdown(results))
     return html_path, markdown_path
 
 
@@ -222,9 +222,3 @@ def _fmt(value: float) -> str:
 
 def _e(text) -> str:
     return html.escape(str(text))
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -34,6 +34,7 @@ from miipher2.evaluate.asr import DEFAULT_ASR
 from miipher2.evaluate.baseline import DeepFilterNet3, Enhancer, RestorerEnhancer
 from miipher2.evaluate.evalset import load_evaluation_set
 from miipher2.evaluate.metrics import METRIC_RATE, METRICS, intrusive_metrics
+from miipher2.files import atomic_write_text
 
 CLEAN, DEGRADED, MODEL = "clean", "degraded", "miipher2"
 # Metrics come in groups that share a model (or none): asking for one metric computes its group.
@@ -95,7 +96,7 @@ def evaluate_model(model, data_root: str | Path, split: str = "test", out_dir: s
                    max_utterances: int | None = None, baseline: bool = True, asr: str = DEFAULT_ASR,
                    workers: int = 1, metric_groups: Iterable[str] = METRIC_GROUPS, system_name: str = MODEL,
                    report: bool = True, tracking: bool = True) -> EvaluationResult:
-    """Evaluate a Miipher-2 model (directory, `models:/` URI or `Restorer`) against the baselines.
+    """Evaluate a Miipher-2 model (directory or `Restorer`) against the baselines.
 
     `model=None` evaluates only the clean/degraded rows (and the baseline): useful to
     characterise an evaluation set before any model exists.
@@ -157,14 +158,16 @@ def evaluate_systems(systems: list[Enhancer], data_root: str | Path, split: str,
 
 
 def load_restorer(model):
-    """A `Restorer` from a model directory, a `models:/NAME@alias` URI, or passed through."""
+    """A `Restorer` from a model directory, or passed through when already loaded.
+
+    Evaluation knows nothing of the registry (which itself evaluates, to gate promotions): the
+    caller loads a `models:/` URI with `miipher2.registry.load_registered_restorer`."""
     if hasattr(model, "restore"):
         return model
     text = str(model)
     if text.startswith(("models:/", "runs:/")):
-        from miipher2.registry import load_registered_restorer
-
-        return load_registered_restorer(text)
+        raise ValueError(f"{text} is an MLflow model URI: load it with miipher2.registry.load_registered_restorer "
+                         "and pass the restorer")
     from miipher2.model.restorer import Restorer
 
     return Restorer.from_pretrained(text)
@@ -322,6 +325,4 @@ def _write_json(path: Path, payload) -> None:
             return {k: finite(v) for k, v in value.items()}
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(finite(payload), indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(finite(payload), indent=2))

@@ -11,8 +11,6 @@ loaded from its hub id (or a local copy) named in the config:
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import yaml
 from torch import nn
 
 from miipher2.audio import resample
+from miipher2.files import atomic_directory
 from miipher2.model.backbone import BACKBONE_PRESETS, FeatureCleaner
 from miipher2.model.chunking import crossfade_join, plan_chunks
 from miipher2.model.vocoder import Vocoder, VocoderConfig
@@ -86,23 +85,10 @@ class Restorer(nn.Module):
         """Write the model directory atomically: readers see the old one or the new one, never a mix."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        try:
+        with atomic_directory(path) as tmp:
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(self.config_dict(), sort_keys=False))
             save_file(_contiguous(self.cleaner.adapter_state_dict()), tmp / ADAPTERS_FILE)
             save_file(_contiguous(self.vocoder.weight_norm_state_dict()), tmp / VOCODER_FILE)
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def config_dict(self) -> dict:
         return {

@@ -15,11 +15,11 @@ are never computed, so a `base` backbone costs what the released model costs per
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from miipher2.files import atomic_directory
 
 RANDOM_PREFIX = "random:"
 SIZES = ("tiny", "base")
@@ -41,14 +41,15 @@ def _build(preset: str, size: str):
     return model_class(config), feature_extractor
 
 
-def make_random_backbone(preset: str, out_dir: str | os.PathLike, size: str = "tiny", seed: int = 0) -> Path:
-    """Write a random `preset`-architecture model directory to `out_dir` (atomically) and return it."""
+def make_random_backbone(preset: str, out_dir: str | os.PathLike, size: str = "tiny", seed: int = 0, *,
+                         replace: bool = True) -> Path:
+    """Write a random `preset`-architecture model directory to `out_dir` (atomically) and return it.
+
+    An existing `out_dir` is replaced, or (`replace=False`) kept with FileExistsError raised."""
     if size not in SIZES:
         raise ValueError(f"unknown backbone size {size!r}; choose from {SIZES}")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_directory(out_dir, replace=replace) as tmp:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model, feature_extractor = _build(preset, size)
@@ -57,12 +58,6 @@ def make_random_backbone(preset: str, out_dir: str | os.PathLike, size: str = "t
         if not (tmp / "model.safetensors").is_file():
             raise RuntimeError(f"transformers did not write the weights of the random {preset} backbone "
                                "(in a process group, only rank 0 may create it)")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -76,14 +71,8 @@ def resolve_source(preset: str, source: str, cache_dir: str | os.PathLike, seed:
     if not target.is_dir():
         # Stages started side by side may both get here: each builds a private copy and the
         # first rename wins; the loser's identical copy is discarded, never swapped under a reader.
-        target.parent.mkdir(parents=True, exist_ok=True)
-        private = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
-            make_random_backbone(preset, private / "model", size=size, seed=seed)
-            os.rename(private / "model", target)
-        except OSError:
-            if not target.is_dir():
-                raise
-        finally:
-            shutil.rmtree(private, ignore_errors=True)
+            make_random_backbone(preset, target, size=size, seed=seed, replace=False)
+        except FileExistsError:
+            pass
     return str(target.resolve())

@@ -17,7 +17,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from miipher2.files import atomic_directory, atomic_file
 
 CHECKPOINT_DIR = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
@@ -75,8 +76,8 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, state: Resumable, pos
     root = checkpoint_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
-    try:
+    # Re-saving a step (e.g. SIGTERM right after a periodic save) replaces it whole.
+    with atomic_directory(final) as tmp:
         for name, module in state.modules.items():
             save_file(_weights_of(module), str(tmp / f"{name}.safetensors"))
         torch.save({
@@ -89,12 +90,6 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, state: Resumable, pos
                 "python_rng": _python_rng_to_json(random.getstate()),
                 "numpy_rng": _numpy_rng_to_json(np.random.get_state(legacy=False)), "metrics": dict(metrics or {})}
         (tmp / "state.json").write_text(json.dumps(meta))
-        if final.exists():  # re-saving a step (e.g. SIGTERM right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _prune(root, keep)
     return final
 
@@ -142,16 +137,8 @@ def load_weights(module: nn.Module, weights_file: str | os.PathLike) -> None:
 
 def save_weights(module: nn.Module, weights_file: str | os.PathLike) -> None:
     """One safetensors file, written atomically."""
-    weights_file = Path(weights_file)
-    weights_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=weights_file.parent, prefix=f".{weights_file.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(_weights_of(module), tmp)
-        os.replace(tmp, weights_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(weights_file) as tmp:
+        save_file(_weights_of(module), str(tmp))
 
 
 def _weights_of(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -160,7 +147,7 @@ def _weights_of(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _prune(root: Path, keep: int) -> None:
-    for stale in root.glob(".tmp-step-*"):  # left behind by a process killed mid-save
+    for stale in root.glob(".step-*.tmp"):  # left behind by a process killed mid-save (miipher2.files)
         shutil.rmtree(stale, ignore_errors=True)
     steps = [p for p in sorted(root.iterdir()) if p.is_dir() and _STEP_DIR.match(p.name)]
     for old in steps[:-keep] if keep > 0 else []:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from miipher2.files import atomic_file
 
 
 def weights_fingerprint(module: nn.Module, exclude: Iterable[torch.Tensor] = ()) -> str:
@@ -75,14 +76,6 @@ class FeatureCache:
         return tensors["features"].float()
 
     def put(self, key: str, features: torch.Tensor) -> None:
-        path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"features": features.detach().to("cpu", torch.float16).contiguous()}, tmp,
+        with atomic_file(self.path_for(key)) as tmp:
+            save_file({"features": features.detach().to("cpu", torch.float16).contiguous()}, str(tmp),
                       metadata={"key": key, "encoder": self.identity})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

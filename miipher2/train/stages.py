@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from miipher2.files import atomic_write_text
 from miipher2.train.backbone import resolve_source
 from miipher2.train.checkpoint import Resumable, load_weights, save_weights
 from miipher2.train.config import ENCODER_SAMPLE_RATE, StageConfig, TrainConfig, VocoderStageConfig
@@ -124,7 +124,7 @@ def stage_session(config: TrainConfig, stage: str, out_dir: Path, tracker) -> It
         torch.manual_seed(config.runtime.seed)
         out_dir.mkdir(parents=True, exist_ok=True)
         if ctx.is_main:
-            _write_atomic(out_dir / "config.yaml", config.to_yaml())
+            atomic_write_text(out_dir / "config.yaml", config.to_yaml())
         if tracker is not None or not ctx.is_main:
             yield ctx, tracker if ctx.is_main else Tracker()
             return
@@ -159,18 +159,11 @@ def fill_feature_cache(encoder: Encoder, cache: FeatureCache, dataset_root: Path
     return len(todo)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def _write_encoder_record(out_dir: Path, encoder: Encoder, config: TrainConfig, ctx: DistContext) -> None:
     if ctx.is_main:
         record = {"identity": encoder.identity, "preset": config.encoder.preset, "source": config.encoder.source,
                   "feature_layer": encoder.cleaner.feature_layer, "adapter_dim": config.encoder.adapter_dim}
-        _write_atomic(out_dir / ENCODER_FILE, json.dumps(record, indent=2))
+        atomic_write_text(out_dir / ENCODER_FILE, json.dumps(record, indent=2))
 
 
 def _require_same_encoder(stage_dir: Path, encoder: Encoder, what: str) -> None:
@@ -430,7 +423,7 @@ def _finish(ctx: DistContext, out_dir: Path, modules: dict[str, nn.Module], resu
         for name, module in modules.items():
             save_weights(module, paths[name])
         result.weights = paths
-        _write_atomic(out_dir / "result.json", result.to_json())
+        atomic_write_text(out_dir / "result.json", result.to_json())
         tracker.log_artifact(out_dir / "result.json")
         tracker.log_artifact(out_dir / "config.yaml")
     barrier(ctx)

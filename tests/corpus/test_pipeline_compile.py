@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from components._base import DEFAULT_IMAGE, IMAGE
-from pipelines.restoration import compile_restoration_pipeline
-from pipelines.run import normalised
+from pipelines.restoration import build_restoration_pipeline
+from pipelines.run import compile_pipeline, normalised
 from tests.kfp_spec import all_tasks, executor_label
 
 GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "restoration.yaml"
@@ -22,7 +22,7 @@ def compiled(tmp_path_factory):
     for key, value in CANARIES.items():  # credentials in the compiler's environment must not leak
         patch.setenv(key, value)
     try:
-        text = compile_restoration_pipeline(tmp_path_factory.mktemp("compiled") / "restoration.yaml").read_text()
+        text = compile_pipeline(build_restoration_pipeline(), tmp_path_factory.mktemp("compiled") / "restoration.yaml").read_text()
     finally:
         patch.undo()
     spec, platform = yaml.safe_load_all(text)
@@ -95,7 +95,7 @@ def test_golden_copy_matches(compiled):
 
 
 def test_compiles_without_cluster_settings(tmp_path):
-    text = compile_restoration_pipeline(tmp_path / "plain.yaml", cluster=None).read_text()
+    text = compile_pipeline(build_restoration_pipeline(cluster=None), tmp_path / "plain.yaml").read_text()
     assert "platforms" not in text and "accelerator" not in text and "retryPolicy" not in text
     assert "parallelismLimit: 8" in text
 

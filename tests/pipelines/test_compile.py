@@ -8,6 +8,7 @@ import yaml
 
 from components._base import DEFAULT_IMAGE, IMAGE
 from pipelines.run import compile_pipeline, normalised
+from pipelines.training import build_training_pipeline
 from tests.kfp_spec import all_tasks, executor_label
 
 GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "training.yaml"
@@ -23,7 +24,7 @@ def compiled(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in CANARIES}
     os.environ.update(CANARIES)
     try:
-        path = compile_pipeline(tmp_path_factory.mktemp("compiled") / "training.yaml")
+        path = compile_pipeline(build_training_pipeline(), tmp_path_factory.mktemp("compiled") / "training.yaml")
     finally:
         for key, value in saved.items():
             if value is None:
@@ -160,5 +161,5 @@ def test_golden_copy_matches(compiled):
 
 
 def test_compiles_without_cluster_settings(tmp_path):
-    text = compile_pipeline(tmp_path / "plain.yaml", cluster=None).read_text()
+    text = compile_pipeline(build_training_pipeline(cluster=None), tmp_path / "plain.yaml").read_text()
     assert "platforms" not in text and "accelerator" not in text and "retryPolicy" not in text

@@ -129,21 +129,24 @@ def _pipeline_params(args: argparse.Namespace) -> dict:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from pipelines.restoration import DEFAULT_PARALLELISM, compile_restoration_pipeline
-    from pipelines.training import ClusterConfig
+    from pipelines.cluster import ClusterConfig
+    from pipelines.restoration import DEFAULT_PARALLELISM, build_restoration_pipeline
+    from pipelines.run import compile_pipeline
 
-    path = compile_restoration_pipeline(args.output, None if args.no_cluster else ClusterConfig(),
-                                        args.parallelism or DEFAULT_PARALLELISM)
+    pipeline = build_restoration_pipeline(None if args.no_cluster else ClusterConfig(),
+                                          args.parallelism or DEFAULT_PARALLELISM)
+    path = compile_pipeline(pipeline, args.output)
     print(f"compiled pipeline written to {path}")
     return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipelines.restoration import submit_restoration
+    from pipelines.restoration import restoration_pipeline
+    from pipelines.run import submit
 
     token = args.token or os.environ.get("KFP_TOKEN") or None
-    run_id = submit_restoration(args.host, _pipeline_params(args), token=token, experiment=args.kfp_experiment,
-                                run_name=args.run_name)
+    run_id = submit(args.host, restoration_pipeline, _pipeline_params(args), token=token,
+                    experiment=args.kfp_experiment, run_name=args.run_name)
     print(f"submitted run {run_id} to {args.host}")
     return 0
 

@@ -1,4 +1,4 @@
-"""`miipher2 evaluate`, `miipher2 register` and `miipher2 promote`.
+"""`miipher2 register` and `miipher2 promote`: the model registry and the CI gate.
 
 Exit codes: 0 success (or nothing to do), 1 the gate refused the challenger, 2 unusable input
 (missing data, model, alias or tracking server), with a message naming what and where.
@@ -6,29 +6,15 @@ Exit codes: 0 success (or nothing to do), 1 the gate refused the challenger, 2 u
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
+
+from miipher2.cli.evaluate import add_asr_and_workers
 
 EXIT_REFUSED, EXIT_BAD_INPUT = 1, 2
 
 
 def register(subparsers) -> None:
-    evaluate = subparsers.add_parser("evaluate", help="score a model against clean/degraded/DeepFilterNet3 rows",
-                                     description="Restore the degraded evaluation split and write per-utterance "
-                                                 "metrics, aggregates with 95%% CIs and an HTML report.")
-    evaluate.add_argument("--data", required=True, help="dataset root holding manifests/{split}_degraded.csv")
-    evaluate.add_argument("--model", help="model directory or models:/NAME@alias URI (omit: baselines only)")
-    evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--out", required=True, help="output directory (tables, audio, report.html)")
-    evaluate.add_argument("--max-utterances", type=int, help="evaluate a subset, spread across languages")
-    evaluate.add_argument("--no-baseline", action="store_true", help="skip the DeepFilterNet3 reference row")
-    _asr_and_workers(evaluate)
-    evaluate.add_argument("--metrics", default="intrusive,dnsmos,speaker,asr",
-                          help="comma-separated metric groups (intrusive, dnsmos, speaker, asr)")
-    evaluate.set_defaults(func=_evaluate)
-
     reg = subparsers.add_parser("register", help="log a model directory to MLflow as a new version (alias challenger)")
     reg.add_argument("--model-dir", required=True, help="directory written by Restorer.save_pretrained")
     reg.add_argument("--name", required=True, help="registered model name")
@@ -55,32 +41,8 @@ def register(subparsers) -> None:
     prom.add_argument("--allow-no-improvement", action="store_true",
                       help="promote a challenger that is merely not worse on every rule")
     prom.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
-    _asr_and_workers(prom)
+    add_asr_and_workers(prom)
     prom.set_defaults(func=_promote)
-
-
-def _asr_and_workers(parser: argparse.ArgumentParser) -> None:
-    from miipher2.evaluate.asr import DEFAULT_ASR
-
-    parser.add_argument("--asr", default=DEFAULT_ASR,
-                        help=f"faster-whisper model: local directory or hub id (default {DEFAULT_ASR}, English only)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scoring processes")
-
-
-def _evaluate(args) -> int:
-    from miipher2.evaluate.evalset import EvaluationSetError
-    from miipher2.evaluate.run import evaluate_model
-
-    try:
-        result = evaluate_model(args.model, args.data, args.split, args.out, max_utterances=args.max_utterances,
-                                baseline=not args.no_baseline, asr=args.asr, workers=args.workers,
-                                metric_groups=[g.strip() for g in args.metrics.split(",") if g.strip()])
-    except (EvaluationSetError, FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(result.markdown_path.read_text() if result.markdown_path else "")
-    print(f"report: {result.html_path}")
-    return 0
 
 
 def _register(args) -> int:
@@ -104,7 +66,13 @@ def _register(args) -> int:
 
 def _promote(args) -> int:
     from miipher2.evaluate.evalset import EvaluationSetError
-    from miipher2.registry import DEFAULT_FLOORS, DEFAULT_RULES, GateRule, RegistryError, promote
+    from miipher2.registry import (
+        DEFAULT_FLOORS,
+        DEFAULT_RULES,
+        GateRule,
+        RegistryError,
+        promote,
+    )
 
     try:
         rules = [GateRule(m, float(v)) for m, v in _pairs(args.rule)] if args.rule else list(DEFAULT_RULES)

@@ -82,23 +82,21 @@ def _pipeline_params(args: argparse.Namespace) -> dict:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from pipelines.cluster import ClusterConfig
     from pipelines.run import compile_pipeline
+    from pipelines.training import build_training_pipeline
 
-    cluster = None
-    if not args.no_cluster:
-        from pipelines.training import ClusterConfig
-
-        cluster = ClusterConfig()
-    path = compile_pipeline(args.output, cluster)
+    path = compile_pipeline(build_training_pipeline(None if args.no_cluster else ClusterConfig()), args.output)
     print(f"compiled pipeline written to {path}")
     return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
     from pipelines.run import submit
+    from pipelines.training import training_pipeline
 
     token = args.token or os.environ.get("KFP_TOKEN") or None
-    run_id = submit(args.host, _pipeline_params(args), token=token, experiment=args.kfp_experiment,
+    run_id = submit(args.host, training_pipeline, _pipeline_params(args), token=token, experiment=args.kfp_experiment,
                     run_name=args.run_name)
     print(f"submitted run {run_id} to {args.host}")
     return 0

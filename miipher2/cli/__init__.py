@@ -1,4 +1,4 @@
-"""`miipher2` console script.
+"""`miipher2` console script: one module per command group in this package.
 
 Each command module exposes `register(subparsers)`, adding its subcommand(s) with a `func`
 default that takes the parsed namespace and returns an exit code. Heavy imports (torch, mlflow,
@@ -12,13 +12,14 @@ import importlib
 import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "miipher2.restore_commands",
-    "miipher2.data.validate_commands",
-    "miipher2.data.commands",
-    "miipher2.pipeline_commands",
-    "miipher2.evaluate_commands",
-    "miipher2.train_commands",
-    "miipher2.restore_corpus_commands",
+    "miipher2.cli.restore",
+    "miipher2.cli.validate",
+    "miipher2.cli.data",
+    "miipher2.cli.pipeline",
+    "miipher2.cli.evaluate",
+    "miipher2.cli.registry",
+    "miipher2.cli.train",
+    "miipher2.cli.restore_corpus",
 )
 
 
@@ -37,7 +38,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
