@@ -5,7 +5,7 @@ loaded from its hub id (or a local copy) named in the config:
 
     config.yaml            format, backbone {preset, source, feature_layer, adapter_dim}, vocoder {...}
     adapters.safetensors   parallel adapter weights
-    vocoder.safetensors    HiFi-GAN generator weights
+    vocoder.safetensors    vocoder weights (the kind named in config.yaml: hifigan, vocos or wavefit)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from miipher2.audio import resample
 from miipher2.files import atomic_directory
 from miipher2.model.backbone import BACKBONE_PRESETS, FeatureCleaner
 from miipher2.model.chunking import crossfade_join, plan_chunks
-from miipher2.model.vocoder import Vocoder, VocoderConfig
+from miipher2.model.vocoders import BaseVocoder, build_vocoder, vocoder_config, vocoder_from_dict, vocoder_to_dict
 
 FORMAT = "miipher2-restorer/1"
 CONFIG_FILE, ADAPTERS_FILE, VOCODER_FILE = "config.yaml", "adapters.safetensors", "vocoder.safetensors"
@@ -36,7 +36,7 @@ class Restorer(nn.Module):
     in batches of `batch_size` and cross-faded back together.
     """
 
-    def __init__(self, cleaner: FeatureCleaner, vocoder: Vocoder, backbone_source: str | None = None, *,
+    def __init__(self, cleaner: FeatureCleaner, vocoder: BaseVocoder, backbone_source: str | None = None, *,
                  chunk_seconds: float = 30.0, overlap_seconds: float = 1.0, batch_size: int = 8):
         super().__init__()
         if vocoder.config.feature_dim != cleaner.feature_dim:
@@ -53,11 +53,12 @@ class Restorer(nn.Module):
 
     @classmethod
     def build(cls, source: str, preset: str = "w2v-bert-2.0", *, feature_layer: int | None = None, adapter_dim: int = 1024,
-              sample_rate: int = 24000, vocoder_size: str = "paper") -> Restorer:
+              sample_rate: int = 24000, vocoder_kind: str = "hifigan", vocoder_size: str = "paper") -> Restorer:
         """A fresh restorer: pretrained frozen encoder, untrained adapters and vocoder."""
         cleaner = FeatureCleaner.from_pretrained(source, preset, feature_layer, adapter_dim)
-        config = VocoderConfig.for_features(cleaner.feature_dim, cleaner.hop_length, sample_rate, cleaner.sample_rate, vocoder_size)
-        return cls(cleaner, Vocoder(config), source)
+        config = vocoder_config(vocoder_kind, cleaner.feature_dim, cleaner.hop_length, sample_rate, cleaner.sample_rate,
+                                vocoder_size)
+        return cls(cleaner, build_vocoder(config), source)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None, *,
@@ -71,13 +72,16 @@ class Restorer(nn.Module):
         backbone = config["backbone"]
         source = backbone_source or backbone["source"]
         cleaner = FeatureCleaner.from_pretrained(source, backbone["preset"], backbone["feature_layer"], backbone["adapter_dim"])
-        vocoder = Vocoder(VocoderConfig.from_dict(config["vocoder"]))
+        try:
+            vocoder = vocoder_from_dict(config["vocoder"])
+        except (TypeError, ValueError) as err:  # unknown kind or field, inconsistent sizes
+            raise ValueError(f"{path / CONFIG_FILE}: vocoder section: {err}") from err
         try:
             cleaner.load_adapter_state_dict(load_file(path / ADAPTERS_FILE))
             vocoder.load_state_dict(load_file(path / VOCODER_FILE))
         except (OSError, RuntimeError) as err:  # missing file, or shapes that do not match the config
             raise ValueError(f"{path}: weights do not load into the configured model ({err})") from err
-        vocoder.fold_weight_norm()  # loaded for inference; save_pretrained still writes the training form
+        vocoder.prepare_for_inference()  # e.g. folds weight norm; save_pretrained still writes the training form
         restorer = cls(cleaner, vocoder, source, **options).eval()
         return restorer.to(resolve_device(device))
 
@@ -88,7 +92,7 @@ class Restorer(nn.Module):
         with atomic_directory(path) as tmp:
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(self.config_dict(), sort_keys=False))
             save_file(_contiguous(self.cleaner.adapter_state_dict()), tmp / ADAPTERS_FILE)
-            save_file(_contiguous(self.vocoder.weight_norm_state_dict()), tmp / VOCODER_FILE)
+            save_file(_contiguous(self.vocoder.training_state_dict()), tmp / VOCODER_FILE)
 
     def config_dict(self) -> dict:
         return {
@@ -99,7 +103,7 @@ class Restorer(nn.Module):
                 "feature_layer": self.cleaner.feature_layer,
                 "adapter_dim": self.cleaner.adapter_dim,
             },
-            "vocoder": self.vocoder.config.to_dict(),
+            "vocoder": vocoder_to_dict(self.vocoder),
         }
 
     # ---- inference -----------------------------------------------------------------------

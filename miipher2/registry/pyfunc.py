@@ -35,8 +35,8 @@ except ImportError:  # pragma: no cover
 RESTORER_ARTIFACT, BACKBONE_ARTIFACT = "restorer", "backbone"
 EXAMPLE_RATE = 16000
 # What serving needs besides miipher2's own (shipped) code.
-_REQUIREMENTS = ("torch", "transformers", "speechbrain", "torchaudio", "safetensors", "numpy", "pandas", "scipy",
-                 "soundfile", "pyyaml")
+_REQUIREMENTS = ("torch", "transformers", "speechbrain", "vocos", "encodec", "einops", "torchaudio", "safetensors",
+                 "numpy", "pandas", "scipy", "soundfile", "pyyaml")
 
 
 class RegistryError(RuntimeError):

@@ -52,17 +52,30 @@ class EncoderConfig:
 
 @dataclass
 class VocoderConfig:
-    """HiFi-GAN generator conditioned on SSL features (`miipher2.model.Vocoder`)."""
+    """The vocoder (`miipher2.model.vocoders`) and the discriminators of its GAN stages."""
 
+    kind: Literal["hifigan", "vocos", "wavefit"] = "vocos"  # docs/model.md: why each preset uses its kind
     sample_rate: int = 24000
-    size: Literal["paper", "tiny"] = "paper"  # paper: HiFi-GAN V1 widths; tiny: tests and CPU demos
-    upsample_initial_channel: int | None = None  # None: the size's default width
+    size: Literal["paper", "tiny"] = "paper"  # paper: the kind's published widths; tiny: tests and CPU demos
+    upsample_initial_channel: int | None = None  # hifigan: None keeps the size's width
+    iterations: int | None = None  # wavefit: fixed-point iterations T; None keeps the size's (paper: 5)
+    frame_upsample: int = 1  # vocos: backbone frames per feature frame (iSTFT hop = frame hop / this)
+    discriminator: Literal["full", "small"] = "full"  # small: a cheap set for CPU demos and tests
+    discriminator_precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast for the discriminators, CUDA only
 
     def check(self, at: str) -> None:
         _require(self.sample_rate in (16000, 24000), f"{at}.sample_rate", "must be 16000 or 24000", self.sample_rate)
         if self.upsample_initial_channel is not None:
             _require(self.upsample_initial_channel >= 1, f"{at}.upsample_initial_channel", "must be >= 1",
                      self.upsample_initial_channel)
+            _require(self.kind == "hifigan", f"{at}.upsample_initial_channel", "applies to kind hifigan only",
+                     self.upsample_initial_channel)
+        if self.iterations is not None:
+            _require(self.iterations >= 1, f"{at}.iterations", "must be >= 1", self.iterations)
+            _require(self.kind == "wavefit", f"{at}.iterations", "applies to kind wavefit only", self.iterations)
+        _require(self.frame_upsample >= 1, f"{at}.frame_upsample", "must be >= 1", self.frame_upsample)
+        _require(self.kind == "vocos" or self.frame_upsample == 1, f"{at}.frame_upsample", "applies to kind vocos only",
+                 self.frame_upsample)
 
 
 @dataclass
@@ -151,16 +164,18 @@ class VocoderStageConfig(StageConfig):
 
     segment_frames: int = 32        # feature frames per training window (HiFi-GAN: ~0.64 s)
     discriminator_lr: float = 2e-4
-    mel_weight: float = 45.0        # HiFi-GAN's lambda_mel
-    feature_matching_weight: float = 2.0
+    # None: the vocoder kind's published weights (miipher2.model.vocoders.objectives): reconstruction
+    # is the mel loss (hifigan, vocos: 45) or the multi-resolution STFT loss (wavefit: 2.5)
+    reconstruction_weight: float | None = None
+    feature_matching_weight: float | None = None
 
     def check(self, at: str) -> None:
         super().check(at)
         _require(self.segment_frames >= 1, f"{at}.segment_frames", "must be >= 1", self.segment_frames)
         _require(self.discriminator_lr > 0, f"{at}.discriminator_lr", "must be > 0", self.discriminator_lr)
-        _require(self.mel_weight >= 0, f"{at}.mel_weight", "must be >= 0", self.mel_weight)
-        _require(self.feature_matching_weight >= 0, f"{at}.feature_matching_weight", "must be >= 0",
-                 self.feature_matching_weight)
+        for name in ("reconstruction_weight", "feature_matching_weight"):
+            value = getattr(self, name)
+            _require(value is None or value >= 0, f"{at}.{name}", "must be >= 0", value)
 
 
 @dataclass

@@ -79,14 +79,26 @@ def build_encoder(config: TrainConfig, cache_dir: Path, device: torch.device, ct
 
 
 def build_vocoder(config: TrainConfig, cleaner: nn.Module) -> nn.Module:
-    from miipher2.model.vocoder import Vocoder, VocoderConfig
+    """The configured kind of vocoder for the cleaner's features: forward(features [B, F, D]) -> wave."""
+    from miipher2.model.vocoders import build_vocoder as build, vocoder_config
 
     voc = config.vocoder
-    model_config = VocoderConfig.for_features(cleaner.feature_dim, cleaner.hop_length, voc.sample_rate,
-                                              ENCODER_SAMPLE_RATE, voc.size)
-    if voc.upsample_initial_channel is not None:
-        model_config = dataclasses.replace(model_config, upsample_initial_channel=voc.upsample_initial_channel)
-    return Vocoder(model_config)
+    model_config = vocoder_config(voc.kind, cleaner.feature_dim, cleaner.hop_length, voc.sample_rate,
+                                  ENCODER_SAMPLE_RATE, voc.size)
+    changes = {"upsample_initial_channel": voc.upsample_initial_channel, "iterations": voc.iterations,
+               "frame_upsample": voc.frame_upsample if voc.frame_upsample != 1 else None}
+    return build(dataclasses.replace(model_config, **{k: v for k, v in changes.items() if v is not None}))
+
+
+def build_objective(config: TrainConfig, stage: VocoderStageConfig):
+    """The kind's GAN recipe (`GanObjective`): `make_discriminator()`, `generate`, and the losses."""
+    from miipher2.model.vocoders.objectives import objective_for
+
+    voc = config.vocoder
+    return objective_for(voc.kind, voc.sample_rate, discriminator_size=voc.discriminator,
+                         discriminator_bf16=voc.discriminator_precision == "bf16",
+                         reconstruction_weight=stage.reconstruction_weight,
+                         feature_matching_weight=stage.feature_matching_weight)
 
 
 def optimizer_for(parameters, stage: StageConfig, lr: float | None = None) -> torch.optim.Optimizer:
@@ -238,7 +250,7 @@ def train_stage1(config: TrainConfig, data_root: str | os.PathLike, out_dir: str
 
 def train_stage2(config: TrainConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
                  tracker=None, resume: bool = False) -> StageResult:
-    """Pretrain the vocoder (HiFi-GAN) on the frozen encoder's features of clean items."""
+    """Pretrain the vocoder (`vocoder.kind`) on the frozen encoder's features of clean items."""
     return _train_vocoder("stage2", config, Path(data_root), Path(out_dir), tracker=tracker, resume=resume)
 
 
@@ -252,8 +264,6 @@ def train_stage3(config: TrainConfig, data_root: str | os.PathLike, out_dir: str
 
 def _train_vocoder(name: str, config: TrainConfig, data_root: Path, out_dir: Path, *, tracker, resume: bool,
                    stage1_dir: Path | None = None, stage2_dir: Path | None = None, degrade=None) -> StageResult:
-    from miipher2.model.gan import GanLosses, build_discriminator
-
     prepare_out_dir(out_dir, resume)
     stage: VocoderStageConfig = getattr(config, name)
     if name == "stage3":  # fail before loading any model when an earlier stage is missing
@@ -265,7 +275,8 @@ def _train_vocoder(name: str, config: TrainConfig, data_root: Path, out_dir: Pat
         encoder = build_encoder(config, cache_dir_for(config, out_dir), ctx.device, ctx)
         cleaner = encoder.cleaner.eval()
         cleaner.requires_grad_(False)  # frozen here, adapters included
-        vocoder, discriminator = build_vocoder(config, cleaner), build_discriminator()
+        objective = build_objective(config, stage)
+        vocoder, discriminator = build_vocoder(config, cleaner), objective.make_discriminator()
         if name == "stage3":
             _require_same_encoder(stage1_dir, encoder, "stage 1")
             _require_same_encoder(stage2_dir, encoder, "stage 2")
@@ -291,13 +302,13 @@ def _train_vocoder(name: str, config: TrainConfig, data_root: Path, out_dir: Pat
             dataset = TrainingDataset(data_root, items, clean=True, **common)
 
         generator, critic = ddp(vocoder, ctx), ddp(discriminator, ctx)
-        gan = GanLosses(config.vocoder.sample_rate, stage.mel_weight, stage.feature_matching_weight).to(ctx.device)
+        objective = objective.to(ctx.device)
         opt_g = optimizer_for(vocoder.parameters(), stage)
         opt_d = optimizer_for(discriminator.parameters(), stage, lr=stage.discriminator_lr)
         sched_g, sched_d = scheduler_for(opt_g, stage), scheduler_for(opt_d, stage)
         autocast = autocast_for(ctx, config.runtime)
 
-        step = vocoder_step(cleaner, vocoder, discriminator, generator, critic, gan, (opt_g, opt_d), (sched_g, sched_d),
+        step = vocoder_step(cleaner, vocoder, discriminator, generator, critic, objective, (opt_g, opt_d), (sched_g, sched_d),
                             stage, ctx, autocast, use_adapters=name == "stage3", hop_out=hop_out)
 
         sampler = LengthBucketBatchSampler(dataset.lengths(), stage.batch_size, rank=ctx.rank, world_size=ctx.world_size,
@@ -346,14 +357,14 @@ def stage1_step(cleaner: nn.Module, model: nn.Module, optimizer, scheduler, stag
 
 
 def vocoder_step(cleaner: nn.Module, vocoder: nn.Module, discriminator: nn.Module, generator: nn.Module,
-                 critic: nn.Module, gan, optimizers, schedulers, stage: VocoderStageConfig, ctx: DistContext,
+                 critic: nn.Module, objective, optimizers, schedulers, stage: VocoderStageConfig, ctx: DistContext,
                  autocast, *, use_adapters: bool, hop_out: int) -> StepFn:
-    """One HiFi-GAN step (discriminator, then generator) on a window of features.
+    """One GAN step (discriminator, then generator) on a window of features, any vocoder kind.
 
-    Features come cut from the batch (stage 2 with the cache) or from the frozen cleaner, run
-    on the whole item without gradients: with adapters on degraded audio (stage 3), without on
-    clean audio (stage 2 without the cache). `generator` / `critic` are the DDP-wrapped
-    `vocoder` / `discriminator` when several processes train.
+    `objective` is the kind's `GanObjective` (`build_objective`). Features come cut from the batch
+    (stage 2 with the cache) or from the frozen cleaner, run on the whole item without gradients:
+    with adapters on degraded audio (stage 3), without on clean audio (stage 2 without the cache).
+    `generator` / `critic` are the DDP-wrapped `vocoder` / `discriminator` when several processes train.
     """
     opt_g, opt_d = optimizers
     sched_g, sched_d = schedulers
@@ -371,24 +382,23 @@ def vocoder_step(cleaner: nn.Module, vocoder: nn.Module, discriminator: nn.Modul
     def step(batch: dict) -> dict[str, float]:
         features, real = features_and_targets(batch)
         with autocast:
-            fake = generator(features)
-        fake, real = fake.float(), real[:, : fake.shape[1]]
-        d_terms = gan.discriminator_loss(critic, fake, real)
+            fakes = objective.generate(generator, features)  # fp32 waves; WaveFit: one per iterate
+        real = real[:, : fakes[-1].shape[1]]
+        d_terms = objective.discriminator_loss(critic, fakes, real)
         opt_d.zero_grad(set_to_none=True)
         d_terms["loss"].backward()
         clip(discriminator.parameters(), stage.grad_clip)
         opt_d.step()
         with critic.no_sync() if isinstance(critic, DistributedDataParallel) else contextlib.nullcontext():
-            g_terms = gan.generator_loss(critic, fake, real)  # the discriminator's grads here are discarded
+            g_terms = objective.generator_loss(critic, fakes, real)  # the discriminator is frozen inside
         opt_g.zero_grad(set_to_none=True)
         g_terms["loss"].backward()
         clip(vocoder.parameters(), stage.grad_clip)
         opt_g.step()
         sched_g.step()
         sched_d.step()
-        return {"loss": g_terms["loss"].item(), "mel": g_terms["mel"].item(),
-                "adversarial": g_terms["adversarial"].item(), "feature_matching": g_terms["feature_matching"].item(),
-                "discriminator": d_terms["loss"].item(), "lr": sched_g.get_last_lr()[0]}
+        return {**{name: value.item() for name, value in g_terms.items()}, "discriminator": d_terms["loss"].item(),
+                "lr": sched_g.get_last_lr()[0]}
 
     return step
 

@@ -45,27 +45,34 @@ def test_stage1_step_updates_only_adapters(corpus, shared_cache, tiny_config):
         assert torch.equal(value, frozen[key]), key
 
 
+@pytest.mark.parametrize("kind", ["hifigan", "vocos", "wavefit"])
 @pytest.mark.parametrize("use_adapters", [False, True], ids=["stage2", "stage3"])
-def test_vocoder_step_leaves_the_cleaner_untouched(corpus, shared_cache, tiny_config, use_adapters):
-    from miipher2.model.gan import GanLosses, build_discriminator
+def test_vocoder_step_leaves_the_cleaner_untouched(corpus, shared_cache, tiny_config, use_adapters, kind):
+    from miipher2.train.stages import build_objective
 
-    config = tiny_config()
+    config = tiny_config(f"vocoder.kind={kind}")
     stage = config.stage3 if use_adapters else config.stage2
     cleaner = build_encoder(config, shared_cache, CPU.device).cleaner.eval()
     cleaner.requires_grad_(False)
     before = {k: v.clone() for k, v in cleaner.state_dict().items()}
-    vocoder, discriminator = build_vocoder(config, cleaner), build_discriminator()
+    objective = build_objective(config, stage)
+    vocoder, discriminator = build_vocoder(config, cleaner), objective.make_discriminator()
     vocoder_before = [p.clone() for p in vocoder.parameters()]
+    discriminator_before = [p.clone() for p in discriminator.parameters()]
     opts = (optimizer_for(vocoder.parameters(), stage), optimizer_for(discriminator.parameters(), stage))
-    step = vocoder_step(cleaner, vocoder, discriminator, vocoder, discriminator, GanLosses(config.vocoder.sample_rate),
+    step = vocoder_step(cleaner, vocoder, discriminator, vocoder, discriminator, objective,
                         opts, tuple(scheduler_for(o, stage) for o in opts), stage, CPU,
                         torch.autocast("cpu", enabled=False), use_adapters=use_adapters, hop_out=vocoder.hop_length)
     fields = dict(degrade=noisy) if use_adapters else dict(clean=True)
     metrics = step(_batch(corpus, target_rate=config.vocoder.sample_rate, **fields))
 
-    assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["discriminator"])
+    assert vocoder.kind == kind
+    assert {"loss", "mel", "adversarial", "feature_matching", "reconstruction", "discriminator"} <= set(metrics)
+    assert all(np.isfinite(v) for v in metrics.values())
     assert all(p.grad is None for p in cleaner.parameters())
     for key, value in cleaner.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert all(p.grad is not None for p in vocoder.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(vocoder_before, vocoder.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(discriminator_before, discriminator.parameters()))
+    assert all(p.requires_grad for p in discriminator.parameters())  # unfrozen again after the generator step
