@@ -1,6 +1,12 @@
-"""Training step time with the clean-feature cache vs computing clean features online.
+"""Training step time: the clean-feature cache vs online features, and the GAN step per vocoder kind.
 
     .venv/bin/python -m bench.train_steps [--preset mhubert-147] [--size base] [--batch 2] [--seconds 4] [--steps 5]
+    .venv/bin/python -m bench.train_steps --vocoders [--rate 24000] [--segment-frames 32] [--batch 2] [--rounds 5]
+
+`--vocoders`: one GAN step (discriminator step + generator step, `stages.vocoder_step`) per vocoder
+kind, paper-size generator with its full discriminator set and with the small one, on the same
+batch of cached 768-dim features (mHuBERT-147's width) and waves. Kinds run interleaved, one step
+each per round, so all see the same load; medians of `--rounds` after a warm-up round.
 
 Stage 1: the cache replaces the frozen encoder's forward pass on the clean wave (the target)
 by a file read; the adapted forward + backward on the degraded wave remain. Stage 2: the cache
@@ -26,8 +32,8 @@ import torch
 from miipher2.train.config import load_config
 from miipher2.train.distributed import DistContext
 from miipher2.train.feature_cache import FeatureCache
-from miipher2.train.stages import (build_encoder, build_vocoder, cut_windows, optimizer_for, scheduler_for,
-                                   stage1_step, vocoder_step)
+from miipher2.train.stages import (build_encoder, build_objective, build_vocoder, cut_windows, optimizer_for,
+                                   scheduler_for, stage1_step, vocoder_step)
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 NO_AUTOCAST = contextlib.nullcontext()
@@ -44,8 +50,54 @@ def timed(fn, steps: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
+def vocoder_steps(rate: int, segment_frames: int, batch: int, rounds: int, feature_dim: int = 768) -> None:
+    """GAN step time per vocoder kind and discriminator size, interleaved rounds."""
+    from types import SimpleNamespace
+
+    kinds = [(kind, size) for kind in ("hifigan", "vocos", "wavefit") for size in ("full", "small")]
+    cleaner = SimpleNamespace(feature_dim=feature_dim, hop_length=320)  # 50 Hz frames, like every backbone but USM
+    torch.manual_seed(0)
+    features = torch.randn(batch, segment_frames, feature_dim)
+    steps, params = {}, {}
+    for kind, size in kinds:
+        config = load_config("paper", [f"vocoder.kind={kind}", f"vocoder.sample_rate={rate}",
+                                       f"vocoder.discriminator={size}", f"stage2.segment_frames={segment_frames}"])
+        stage = config.stage2
+        objective = build_objective(config, stage)
+        vocoder, discriminator = build_vocoder(config, cleaner), objective.make_discriminator()
+        opts = (optimizer_for(vocoder.parameters(), stage), optimizer_for(discriminator.parameters(), stage))
+        step = vocoder_step(None, vocoder, discriminator, vocoder, discriminator, objective, opts,
+                            tuple(scheduler_for(o, stage) for o in opts), stage, CPU, NO_AUTOCAST,
+                            use_adapters=False, hop_out=vocoder.hop_length)
+        wave = 0.1 * torch.randn(batch, segment_frames * vocoder.hop_length)
+        steps[kind, size] = lambda step=step, wave=wave: step({"features": features, "target_wave": wave})
+        params[kind, size] = (sum(p.numel() for p in vocoder.parameters()) / 1e6,
+                              sum(p.numel() for p in discriminator.parameters()) / 1e6)
+    times = {key: [] for key in kinds}
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for key in kinds:
+            w, c = time.perf_counter(), time.process_time()
+            steps[key]()
+            if round_:
+                times[key].append((time.perf_counter() - w, time.process_time() - c))
+    print(f"GAN step, {rate} Hz, batch {batch} x {segment_frames} frames "
+          f"({segment_frames * 0.02:.2f} s), {torch.get_num_threads()} threads, median of {rounds} interleaved rounds")
+    print("\n| kind | discriminators | params G / D | step wall | step CPU | CPU vs HiFi-GAN (full) |")
+    print("|---|---|---:|---:|---:|---:|")
+    base = statistics.median(c for _, c in times["hifigan", "full"])
+    for kind, size in kinds:
+        wall = statistics.median(w for w, _ in times[kind, size])
+        cpu = statistics.median(c for _, c in times[kind, size])
+        g, d = params[kind, size]
+        print(f"| {kind} | {size} | {g:.1f}M / {d:.1f}M | {wall:.2f} s | {cpu:.2f} s | {base / cpu:.2f}x cheaper |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vocoders", action="store_true", help="GAN step time per vocoder kind instead")
+    parser.add_argument("--rate", type=int, default=24000, help="--vocoders: output sample rate")
+    parser.add_argument("--segment-frames", type=int, default=32, help="--vocoders: feature frames per window")
+    parser.add_argument("--rounds", type=int, default=5, help="--vocoders: timed rounds")
     parser.add_argument("--preset", default="mhubert-147")
     parser.add_argument("--size", default="base", choices=("tiny", "base"))
     parser.add_argument("--vocoder-size", default="paper", choices=("tiny", "paper"))
@@ -55,11 +107,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.vocoders:
+        vocoder_steps(args.rate, args.segment_frames, args.batch, args.rounds)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     config = load_config("demo-cpu", [f"encoder.preset={args.preset}", "encoder.source=random:" + args.size,
                                       "encoder.adapter_dim=1024", "vocoder.sample_rate=16000",
-                                      f"vocoder.size={args.vocoder_size}", "stage2.segment_frames=32"])
+                                      f"vocoder.size={args.vocoder_size}", "stage2.segment_frames=32",
+                                      "vocoder.kind=hifigan", "vocoder.discriminator=full"])  # as recorded
     encoder = build_encoder(config, work, CPU.device)
     cleaner = encoder.cleaner
     rng = np.random.default_rng(0)
@@ -95,13 +151,12 @@ def main() -> None:
     rows = [("stage 1", timed(stage1_online, args.steps), timed(stage1_cached, args.steps))]
 
     # ---- stage 2 (the cleaner is frozen from here on)
-    from miipher2.model.gan import GanLosses, build_discriminator
-
     cleaner.eval().requires_grad_(False)
     stage = config.stage2
-    vocoder, discriminator = build_vocoder(config, cleaner), build_discriminator()
+    objective = build_objective(config, stage)
+    vocoder, discriminator = build_vocoder(config, cleaner), objective.make_discriminator()
     opts = (optimizer_for(vocoder.parameters(), stage), optimizer_for(discriminator.parameters(), stage))
-    step2 = vocoder_step(cleaner, vocoder, discriminator, vocoder, discriminator, GanLosses(16000), opts,
+    step2 = vocoder_step(cleaner, vocoder, discriminator, vocoder, discriminator, objective, opts,
                          tuple(scheduler_for(o, stage) for o in opts), stage, CPU, NO_AUTOCAST,
                          use_adapters=False, hop_out=vocoder.hop_length)
     window = torch.full((args.batch,), 0.5, dtype=torch.float64)
