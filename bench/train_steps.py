@@ -4,9 +4,10 @@
     .venv/bin/python -m bench.train_steps --vocoders [--rate 24000] [--segment-frames 32] [--batch 2] [--rounds 5]
 
 `--vocoders`: one GAN step (discriminator step + generator step, `stages.vocoder_step`) per vocoder
-kind, paper-size generator with its full discriminator set and with the small one, on the same
-batch of cached 768-dim features (mHuBERT-147's width) and waves. Kinds run interleaved, one step
-each per round, so all see the same load; medians of `--rounds` after a warm-up round.
+kind (paper-size generators, or `--vocoder-size tiny` as in demo-cpu) with its full discriminator
+set and with the small one, on the same batch of cached 768-dim features (mHuBERT-147's width) and
+waves. Kinds run interleaved, one step each per round, so all see the same load; medians of
+`--rounds` after a warm-up round.
 
 Stage 1: the cache replaces the frozen encoder's forward pass on the clean wave (the target)
 by a file read; the adapted forward + backward on the degraded wave remain. Stage 2: the cache
@@ -50,7 +51,7 @@ def timed(fn, steps: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
-def vocoder_steps(rate: int, segment_frames: int, batch: int, rounds: int, feature_dim: int = 768) -> None:
+def vocoder_steps(rate: int, segment_frames: int, batch: int, rounds: int, size: str, feature_dim: int = 768) -> None:
     """GAN step time per vocoder kind and discriminator size, interleaved rounds."""
     from types import SimpleNamespace
 
@@ -60,7 +61,7 @@ def vocoder_steps(rate: int, segment_frames: int, batch: int, rounds: int, featu
     features = torch.randn(batch, segment_frames, feature_dim)
     steps, params = {}, {}
     for kind, size in kinds:
-        config = load_config("paper", [f"vocoder.kind={kind}", f"vocoder.sample_rate={rate}",
+        config = load_config("paper", [f"vocoder.kind={kind}", f"vocoder.sample_rate={rate}", f"vocoder.size={size}",
                                        f"vocoder.discriminator={size}", f"stage2.segment_frames={segment_frames}"])
         stage = config.stage2
         objective = build_objective(config, stage)
@@ -80,7 +81,7 @@ def vocoder_steps(rate: int, segment_frames: int, batch: int, rounds: int, featu
             steps[key]()
             if round_:
                 times[key].append((time.perf_counter() - w, time.process_time() - c))
-    print(f"GAN step, {rate} Hz, batch {batch} x {segment_frames} frames "
+    print(f"GAN step, {size} generators, {rate} Hz, batch {batch} x {segment_frames} frames "
           f"({segment_frames * 0.02:.2f} s), {torch.get_num_threads()} threads, median of {rounds} interleaved rounds")
     print("\n| kind | discriminators | params G / D | step wall | step CPU | CPU vs HiFi-GAN (full) |")
     print("|---|---|---:|---:|---:|---:|")
@@ -108,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.vocoders:
-        vocoder_steps(args.rate, args.segment_frames, args.batch, args.rounds)
+        vocoder_steps(args.rate, args.segment_frames, args.batch, args.rounds, args.vocoder_size)
         return
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
