@@ -30,6 +30,11 @@ def test_overrides_are_typed_and_validated():
     ("runtime.precision=fp16", "runtime.precision"),
     ("stage3.betas=[0.9]", "stage3.betas"),
     ("vocoder.sample_rate=22050", "vocoder.sample_rate"),
+    ("vocoder.kind=melgan", "vocoder.kind"),
+    ("vocoder.iterations=3", "vocoder.iterations"),  # demo-cpu's kind is vocos: iterations are WaveFit's
+    ("vocoder.upsample_initial_channel=64", "vocoder.upsample_initial_channel"),
+    ("vocoder.discriminator=huge", "vocoder.discriminator"),
+    ("stage2.feature_matching_weight=-1", "stage2.feature_matching_weight"),
     ("data.min_seconds=99", "data.min_seconds"),
     ("cache.enabled=yes please", "cache.enabled"),
     ("nonsense=1", "nonsense"),
