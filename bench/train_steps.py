@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import tempfile
 import time
@@ -59,7 +60,7 @@ def vocoder_steps(rate: int, segment_frames: int, batch: int, rounds: int, size:
     cleaner = SimpleNamespace(feature_dim=feature_dim, hop_length=320)  # 50 Hz frames, like every backbone but USM
     torch.manual_seed(0)
     features = torch.randn(batch, segment_frames, feature_dim)
-    steps, params = {}, {}
+    steps, generators, params = {}, {}, {}
     for kind, size in kinds:
         config = load_config("paper", [f"vocoder.kind={kind}", f"vocoder.sample_rate={rate}", f"vocoder.size={size}",
                                        f"vocoder.discriminator={size}", f"stage2.segment_frames={segment_frames}"])
@@ -72,25 +73,36 @@ def vocoder_steps(rate: int, segment_frames: int, batch: int, rounds: int, size:
                             use_adapters=False, hop_out=vocoder.hop_length)
         wave = 0.1 * torch.randn(batch, segment_frames * vocoder.hop_length)
         steps[kind, size] = lambda step=step, wave=wave: step({"features": features, "target_wave": wave})
+        generators[kind, size] = lambda objective=objective, vocoder=vocoder: torch.stack(
+            [w.pow(2).mean() for w in objective.generate(vocoder, features)]).sum().backward()
         params[kind, size] = (sum(p.numel() for p in vocoder.parameters()) / 1e6,
                               sum(p.numel() for p in discriminator.parameters()) / 1e6)
     times = {key: [] for key in kinds}
+    generator_cpu = {key: [] for key in kinds}
     for round_ in range(rounds + 1):  # round 0 warms up
         for key in kinds:
             w, c = time.perf_counter(), time.process_time()
             steps[key]()
             if round_:
                 times[key].append((time.perf_counter() - w, time.process_time() - c))
+            if key[1] == "full":  # the generator alone: forward + backward, no discriminator
+                c = time.process_time()
+                generators[key]()
+                generator_cpu[key].append(time.process_time() - c)
     print(f"GAN step, {size} generators, {rate} Hz, batch {batch} x {segment_frames} frames "
           f"({segment_frames * 0.02:.2f} s), {torch.get_num_threads()} threads, median of {rounds} interleaved rounds")
-    print("\n| kind | discriminators | params G / D | step wall | step CPU | CPU vs HiFi-GAN (full) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("\n| kind | discriminators | params G / D | step wall | step CPU | CPU vs HiFi-GAN (full) "
+          "| generator alone, fwd + bwd CPU |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     base = statistics.median(c for _, c in times["hifigan", "full"])
     for kind, size in kinds:
         wall = statistics.median(w for w, _ in times[kind, size])
         cpu = statistics.median(c for _, c in times[kind, size])
         g, d = params[kind, size]
-        print(f"| {kind} | {size} | {g:.1f}M / {d:.1f}M | {wall:.2f} s | {cpu:.2f} s | {base / cpu:.2f}x cheaper |")
+        alone = f"{statistics.median(generator_cpu[kind, size]):.2f} s" if generator_cpu[kind, size] else ""
+        print(f"| {kind} | {size} | {g:.1f}M / {d:.1f}M | {wall:.2f} s | {cpu:.2f} s | {base / cpu:.2f}x cheaper "
+              f"| {alone} |")
+    print(f"load average: {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
