@@ -141,9 +141,8 @@ class MultiResolutionSTFTLoss(nn.Module):
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         total = fake.new_zeros(())
         for n_fft, hop, window in self.resolutions:
-            spec = lambda x: torch.stft(x.float(), n_fft, hop, window, getattr(self, f"window_{n_fft}"),  # noqa: E731
-                                        return_complex=True).abs().clamp(min=1e-7)
-            fake_mag, real_mag = spec(fake), spec(real)
+            fake_mag, real_mag = (torch.stft(x.float(), n_fft, hop, window, getattr(self, f"window_{n_fft}"),
+                                             return_complex=True).abs().clamp(min=1e-7) for x in (fake, real))
             convergence = torch.linalg.norm(real_mag - fake_mag) / torch.linalg.norm(real_mag).clamp(min=1e-7)
             total = total + convergence + nn.functional.l1_loss(fake_mag.log(), real_mag.log())
         return total / len(self.resolutions)

@@ -110,11 +110,13 @@ class UBlock(nn.Module):
         self.convs = nn.ModuleList([conv(cin, cout, 3, dilations[0])] +
                                    [conv(cout, cout, 3, d) for d in dilations[1:]])
 
+    def upsample(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=self.factor, mode="nearest")
+
     def forward(self, x: torch.Tensor, shift: torch.Tensor | float) -> torch.Tensor:
-        up = lambda h: F.interpolate(h, scale_factor=self.factor, mode="nearest")  # noqa: E731
         first, second, third, fourth = self.convs
-        h = second(F.leaky_relu(first(up(F.leaky_relu(x, 0.2))) + shift, 0.2))
-        x = self.skip(up(x)) + h
+        h = second(F.leaky_relu(first(self.upsample(F.leaky_relu(x, 0.2))) + shift, 0.2))
+        x = self.skip(self.upsample(x)) + h
         h = third(F.leaky_relu(x + shift, 0.2))
         return x + fourth(F.leaky_relu(h + shift, 0.2))
 
