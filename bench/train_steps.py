@@ -52,7 +52,8 @@ def timed(fn, steps: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
-def vocoder_steps(rate: int, segment_frames: int, batch: int, rounds: int, size: str, feature_dim: int = 768) -> None:
+def vocoder_steps(rate: int, segment_frames: int, batch: int, rounds: int, generator_size: str,
+                  feature_dim: int = 768) -> None:
     """GAN step time per vocoder kind and discriminator size, interleaved rounds."""
     from types import SimpleNamespace
 
@@ -62,7 +63,7 @@ def vocoder_steps(rate: int, segment_frames: int, batch: int, rounds: int, size:
     features = torch.randn(batch, segment_frames, feature_dim)
     steps, generators, params = {}, {}, {}
     for kind, size in kinds:
-        config = load_config("paper", [f"vocoder.kind={kind}", f"vocoder.sample_rate={rate}", f"vocoder.size={size}",
+        config = load_config("paper", [f"vocoder.kind={kind}", f"vocoder.sample_rate={rate}", f"vocoder.size={generator_size}",
                                        f"vocoder.discriminator={size}", f"stage2.segment_frames={segment_frames}"])
         stage = config.stage2
         objective = build_objective(config, stage)
@@ -89,7 +90,7 @@ def vocoder_steps(rate: int, segment_frames: int, batch: int, rounds: int, size:
                 c = time.process_time()
                 generators[key]()
                 generator_cpu[key].append(time.process_time() - c)
-    print(f"GAN step, {size} generators, {rate} Hz, batch {batch} x {segment_frames} frames "
+    print(f"GAN step, {generator_size} generators, {rate} Hz, batch {batch} x {segment_frames} frames "
           f"({segment_frames * 0.02:.2f} s), {torch.get_num_threads()} threads, median of {rounds} interleaved rounds")
     print("\n| kind | discriminators | params G / D | step wall | step CPU | CPU vs HiFi-GAN (full) "
           "| generator alone, fwd + bwd CPU |")
