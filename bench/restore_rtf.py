@@ -59,7 +59,8 @@ def build_restorer(preset: str, output_rate: int, vocoder_size: str, kind: str =
     cleaner = FeatureCleaner(model_class(config).eval(), extractor, preset, spec.feature_layer, source=f"random:{preset}")
     assert len(FAMILIES[spec.family].layers(cleaner.encoder)) == spec.feature_layer
     torch.manual_seed(0)
-    vocoder = build_vocoder(vocoder_config(kind, cleaner.feature_dim, cleaner.hop_length, output_rate, size=vocoder_size))
+    settings = vocoder_config(kind, cleaner.feature_dim, cleaner.hop_length, output_rate, size=vocoder_size)
+    vocoder = build_vocoder(settings)
     vocoder.prepare_for_inference()  # as Restorer.from_pretrained does
     return Restorer(cleaner, vocoder, chunk_seconds=30.0).eval()
 

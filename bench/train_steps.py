@@ -63,8 +63,9 @@ def vocoder_steps(rate: int, segment_frames: int, batch: int, rounds: int, gener
     features = torch.randn(batch, segment_frames, feature_dim)
     steps, generators, params = {}, {}, {}
     for kind, size in kinds:
-        config = load_config("paper", [f"vocoder.kind={kind}", f"vocoder.sample_rate={rate}", f"vocoder.size={generator_size}",
-                                       f"vocoder.discriminator={size}", f"stage2.segment_frames={segment_frames}"])
+        config = load_config("paper", [f"vocoder.kind={kind}", f"vocoder.sample_rate={rate}",
+                                       f"vocoder.size={generator_size}", f"vocoder.discriminator={size}",
+                                       f"stage2.segment_frames={segment_frames}"])
         stage = config.stage2
         objective = build_objective(config, stage)
         vocoder, discriminator = build_vocoder(config, cleaner), objective.make_discriminator()
