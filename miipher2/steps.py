@@ -28,6 +28,9 @@ from miipher2.files import atomic_write_text
 from miipher2.lineage import Lineage, git_commit, start_pipeline_run, step_run
 
 _SAFE_CHARS = "-_."
+# Keys a KFP backend adds to the metadata of every artifact it records (its driver's
+# RecordArtifact, backend/src/v2/metadata/client.go): they are not ours and not metrics.
+KFP_ARTIFACT_KEYS = frozenset({"display_name", "store_session_info"})
 
 
 @dataclass
@@ -227,6 +230,17 @@ def _numbers(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Finite numeric entries only: KFP Metrics and MLflow both refuse NaN and text."""
     return {f"{prefix}{k}": float(v) for k, v in values.items()
             if isinstance(v, (int, float)) and math.isfinite(float(v))}
+
+
+def metric_values(metadata: dict[str, Any], exclude: Sequence[str] = ()) -> dict[str, float]:
+    """The metrics in a KFP Metrics artifact's metadata: finite numbers under our own keys.
+
+    A backend-recorded artifact also carries `display_name` and `store_session_info` (text) and
+    returns every number as a float, booleans as 1.0/0.0: anything not a number is left out.
+    """
+    numbers = {k: v for k, v in metadata.items()
+               if k not in KFP_ARTIFACT_KEYS and k not in exclude and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return _numbers(numbers)
 
 
 def _write_json(path: Path, data: Any) -> None:

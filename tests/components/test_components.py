@@ -4,6 +4,9 @@ The library step it calls is replaced by a recorder, so these tests check the co
 job (artifacts <-> paths, metadata, metrics, return values) in milliseconds, and that it calls the
 real step function with arguments that function accepts. The steps themselves run for real in
 tests/pipelines/test_local_run.py.
+
+Input artifacts are shaped like a KFP backend's (tests/kfp_backend.py): extra `display_name` and
+`store_session_info` keys, numbers as floats, booleans as 1.0/0.0.
 """
 
 import inspect
@@ -17,6 +20,7 @@ import components
 import miipher2.steps as steps
 from miipher2.lineage import Lineage
 from miipher2.steps import StepResult, ValidatedData
+from tests.kfp_backend import STORE_SESSION_INFO, backend_artifact
 
 LINEAGE = Lineage(git_commit="abc123", dataset_revision="v1", dataset_md5="d41d8cd9.dir", kfp_run_id="run-7",
                   backbone="w2v-bert-2.0", experiment="exp", parent_run_id="parent-1")
@@ -27,7 +31,9 @@ def artifact(kind, tmp_path: Path, name: str, metadata=None):
 
 
 def dataset(tmp_path):
-    return artifact(dsl.Dataset, tmp_path, "dataset", {"data_root": str(tmp_path / "data"), **LINEAGE.to_metadata()})
+    """The validate step's Dataset output as a later step receives it from a backend."""
+    return backend_artifact(dsl.Dataset, tmp_path, "dataset",
+                            {"data_root": str(tmp_path / "data"), "files": 9, **LINEAGE.to_metadata()})
 
 
 @pytest.fixture
@@ -125,12 +131,14 @@ def test_evaluate_publishes_reports_and_headline_metrics(tmp_path, record):
 
 def test_register_tags_the_version_with_the_evaluation(tmp_path, record):
     calls = record("register", lambda model_name, **_: {"name": model_name, "version": "4"})
-    evaluation = artifact(dsl.Metrics, tmp_path, "evaluation", {"pesq": 2.5, "step_seconds": 30.0})
+    evaluation = backend_artifact(dsl.Metrics, tmp_path, "metrics", {"pesq": 2.5, "wer": 0, "step_seconds": 30.0})
+    assert evaluation.metadata["store_session_info"] == STORE_SESSION_INFO  # what crashed float(v) before
     model, metrics = artifact(dsl.Model, tmp_path, "model"), artifact(dsl.Metrics, tmp_path, "metrics")
     registered = components.register.python_func(dataset=dataset(tmp_path), model=model, evaluation=evaluation,
                                                  model_name="miipher2", metrics=metrics)
     assert tuple(registered) == ("miipher2", "4")
-    assert calls["register"]["metrics"] == {"pesq": 2.5}  # step timing is not a model metric
+    # Only the metrics: not the backend's own keys, not the step's timing.
+    assert calls["register"]["metrics"] == {"pesq": 2.5, "wer": 0.0}
     assert calls["register"]["lineage"] == LINEAGE
 
 
