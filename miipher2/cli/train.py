@@ -1,6 +1,6 @@
 """`miipher2 train ...`: the three stages, export, and the tools around them.
 
-    miipher2 train stage1 --config demo-cpu --data data --out runs/stage1 [--set stage1.steps=100] [--resume]
+    miipher2 train stage1 --config demo-cpu --data data --out runs/stage1 [--set stage1.steps=100] [--resume yes|no]
     miipher2 train stage2 --config demo-cpu --data data --out runs/stage2
     miipher2 train stage3 --config demo-cpu --data data --out runs/stage3 \\
                           --stage1 runs/stage1 --stage2 runs/stage2 [--model-out runs/model]
@@ -9,14 +9,22 @@
     miipher2 train make-backbone --preset w2v-bert-2.0 --size tiny --out backbones/tiny
 
 Every stage also runs under `torchrun --nproc_per_node N -m miipher2.cli train stageN ...`.
+
+Resuming (`--resume`, default `auto`): a stage whose --out already holds checkpoints continues
+from the latest one when they were written with the same configuration (compared field by
+field, runtime and cache settings aside), so a restarted pod or a rerun command picks up where
+it stopped; a different configuration is refused, naming the fields that differ. `--resume yes`
+continues whatever changed (e.g. more steps); `--resume no` refuses to touch existing checkpoints.
+
 Exit codes: 0 done; 2 bad config or inputs; 143 stopped by SIGTERM after a checkpoint (run the
-same command with --resume to continue).
+same command again to continue).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 143
 
@@ -31,7 +39,10 @@ def register(subparsers) -> None:
         _config_arguments(parser)
         parser.add_argument("--data", required=True, help="dataset root (manifests/, clean/, noise/, rir/)")
         parser.add_argument("--out", required=True, help="output directory: checkpoints and final weights")
-        parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+        parser.add_argument("--resume", nargs="?", const="yes", default="auto", choices=("auto", "yes", "no"),
+                            help="auto (default): continue from the latest checkpoint in --out if it was written "
+                                 "with the same configuration; yes (or the bare flag): continue regardless; "
+                                 "no: refuse when --out holds checkpoints")
         if name == "stage3":
             parser.add_argument("--stage1", required=True, help="stage-1 output directory")
             parser.add_argument("--stage2", required=True, help="stage-2 output directory")
@@ -86,13 +97,14 @@ def _run_stage(args) -> int:
 
     try:
         config = _load(args)
+        resume = _resume(args.resume, config, args.out)
         if args.stage == "stage1":
-            result = train_stage1(config, args.data, args.out, resume=args.resume)
+            result = train_stage1(config, args.data, args.out, resume=resume)
         elif args.stage == "stage2":
-            result = train_stage2(config, args.data, args.out, resume=args.resume)
+            result = train_stage2(config, args.data, args.out, resume=resume)
         else:
             result = train_stage3(config, args.data, args.out, stage1_dir=args.stage1, stage2_dir=args.stage2,
-                                  resume=args.resume)
+                                  resume=resume)
             if args.model_out and not result.interrupted and _is_main():
                 export_model(config, args.stage1, args.out, args.model_out)
                 print(f"model written to {args.model_out}", file=sys.stderr)
@@ -103,11 +115,56 @@ def _run_stage(args) -> int:
         shutdown_distributed()
     if result.interrupted:
         print(f"{args.stage}: stopped at step {result.step} by SIGTERM; checkpoint {result.checkpoint_dir}. "
-              "Run again with --resume.", file=sys.stderr)
+              "Run the same command again to continue.", file=sys.stderr)
         return EXIT_INTERRUPTED
     if _is_main():
         print(result.to_json())
     return 0
+
+
+# Settings that change how a stage runs, not what it learns: a restart may differ in them.
+_RUNTIME_SECTIONS = ("runtime", "cache")
+_RUNTIME_FIELDS = ("data.num_workers",)
+
+
+def _resume(mode: str, config, out_dir: str) -> bool:
+    """Whether to continue from the checkpoints in `out_dir` (see --resume)."""
+    if mode != "auto":
+        return mode == "yes"
+    from miipher2.train.checkpoint import latest_checkpoint
+    from miipher2.train.loop import ResumeError
+
+    if latest_checkpoint(out_dir) is None:
+        return False
+    differences = config_differences(Path(out_dir) / "config.yaml", config)
+    if differences:
+        raise ResumeError(f"{out_dir} holds checkpoints of another configuration ({'; '.join(differences[:5])}): "
+                          "choose another --out, or continue anyway with --resume yes")
+    return True
+
+
+def config_differences(recorded_file: Path, config) -> list[str]:
+    """'field: recorded -> now' for every field that shapes training and differs from `recorded_file`."""
+    import yaml
+
+    from miipher2.train.config import ConfigError, TrainConfig
+
+    try:
+        recorded = TrainConfig.from_dict(yaml.safe_load(recorded_file.read_text())).to_dict()
+    except (OSError, yaml.YAMLError, ConfigError) as err:
+        return [f"the recorded {recorded_file.name} cannot be read ({err})"]
+    now = config.to_dict()
+    return [f"{key}: {before!r} -> {after!r}" for key, before, after in _changed(recorded, now)
+            if key.split(".")[0] not in _RUNTIME_SECTIONS and key not in _RUNTIME_FIELDS]
+
+
+def _changed(before: dict, after: dict, prefix: str = ""):
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            yield from _changed(old, new, f"{prefix}{key}.")
+        elif old != new:
+            yield f"{prefix}{key}", old, new
 
 
 def _export(args) -> int:

@@ -233,7 +233,7 @@ def test_stage_job_runs_its_stage_under_torchrun_on_several_nodes(stage_job, env
         assert spec["restartPolicy"] in ("OnFailure", "ExitCode"), replica
         (container,) = spec["template"]["spec"]["containers"]
         assert container["command"] == ["torchrun", "--no-python", "miipher2"]
-        assert container["args"] == ["train", f"stage{stage}", "--config", "/workspace/configs/train.yaml"]
+        assert container["args"][:2] == ["train", f"stage{stage}"]  # the rest: tests/infra/test_training_commands.py
         assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/workspace", "/dev/shm"}
         assert {"miipher2-s3", "miipher2-settings"} <= {
             next(iter(source.values()))["name"] for source in container["envFrom"]}
