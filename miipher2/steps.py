@@ -8,8 +8,9 @@ as one parent with a child per step, all tagged with code and data versions.
 Where things live: `workspace` is the shared volume (a PVC on the cluster, a directory locally).
 The dataset is materialised once per DVC version at `<workspace>/datasets/<md5>` (equal md5 =
 equal bytes, so later runs of the same version reuse it), the clean-feature cache at
-`<workspace>/cache`, and each training stage checkpoints under `<workspace>/runs/<kfp run>/<step>`,
-which is what lets a retried (preempted) step resume instead of starting over.
+`<workspace>/cache`, and each training stage trains under `<workspace>/stages/<step>/<key>`, the
+key naming what the stage depends on (`miipher2.reuse`): a retried (preempted) step resumes its
+checkpoints there, and a later run with the same dataset, config and code reuses the result.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from miipher2.files import atomic_write_text
+from miipher2.hub import offline_environment, offline_if_cached
+from miipher2.launch import EXIT_INTERRUPTED, Launch
 from miipher2.lineage import Lineage, git_commit, start_pipeline_run, step_run
+from miipher2.reuse import ORIGIN_FILE, RESULT_FILE
 
 _SAFE_CHARS = "-_."
 # Keys a KFP backend adds to the metadata of every artifact it records (its driver's
@@ -73,29 +77,32 @@ def validate_data(*, repo: str, revision: str, remote: str, workspace: str, repo
     """Fetch `revision` of the dataset through DVC, open the pipeline's MLflow parent run, validate.
 
     Runs before anything else so that a bad dataset or a bad config stops the pipeline before
-    any GPU is requested; the config is resolved here for the same reason.
+    any GPU is requested; the config is resolved here for the same reason. It also fetches the
+    backbone into the shared Hub cache once, before the training steps start side by side.
     """
     from miipher2.data.validate import validate_dataset
-    from miipher2.data.versioning import dataset_md5, fetch_dataset
+    from miipher2.data.versioning import materialise_dataset, platform_remote, shown_repo
+    from miipher2.hub import prefetch
 
     started = time.perf_counter()
     config = training_config(training_preset, overrides, backbone)
-    md5 = dataset_md5(repo, revision or None, remote=remote or None)
-    info = fetch_dataset(repo, revision or None, Path(workspace) / "datasets" / _safe_name(md5), remote=remote or None)
+    info = materialise_dataset(repo, revision or None, Path(workspace) / "datasets", remote=remote or None)
+    remote_used = platform_remote(remote or None)[0] or "(default)"
+    prefetch(config.encoder.source)
     lineage = Lineage(git_commit=git_commit(), dataset_revision=revision or "HEAD", dataset_md5=info.md5,
                       kfp_run_id=kfp_run_id, backbone=config.encoder.preset, experiment=experiment)
     lineage = start_pipeline_run(lineage, f"training {kfp_run_id}", params={
-        "dataset_revision": lineage.dataset_revision, "dvc_remote": remote or "(default)",
+        "dataset_revision": lineage.dataset_revision, "dvc_remote": remote_used,
         "training_preset": training_preset, "backbone": config.encoder.preset, "overrides": list(overrides),
         "config": config.to_dict()})
 
     Path(report_dir).mkdir(parents=True, exist_ok=True)
     hashes = Path(report_dir) / "dataset_files.json"
-    _write_json(hashes, {"repo": _display_repo(repo), "revision": lineage.dataset_revision, "md5": info.md5,
+    _write_json(hashes, {"repo": shown_repo(repo), "revision": lineage.dataset_revision, "md5": info.md5,
                          "files": info.files})
     with step_run("validate", lineage) as tracker:
         report = validate_dataset(info.path, report_dir=report_dir)
-        tracker.log_params({"dataset_revision": lineage.dataset_revision, "dvc_remote": remote or "(default)",
+        tracker.log_params({"dataset_revision": lineage.dataset_revision, "dvc_remote": remote_used,
                             "dataset_files": len(info.files)})
         tracker.log_metrics({"rows_checked": report.rows_checked, "failures": len(report.failures),
                              "failed_rows": report.failed_rows, **{f"rows_{s}": n for s, n in report.rows.items()}})
@@ -109,72 +116,147 @@ def validate_data(*, repo: str, revision: str, remote: str, workspace: str, repo
 
 
 def train_adapters(*, data_root: str, lineage: Lineage, training_preset: str, overrides: Sequence[str],
-                   workspace: str, out_dir: str) -> StepResult:
-    """Stage 1: parallel adapters on (degraded -> clean) features. Resumes from its checkpoints."""
-    from miipher2.train.stages import train_stage1
-
+                   workspace: str, out_dir: str, launch: Launch | None = None) -> StepResult:
+    """Stage 1: parallel adapters on (degraded -> clean) features."""
     config = training_config(training_preset, overrides, lineage.backbone, workspace)
     with step_run("train_pa", lineage) as tracker:
-        result = train_stage1(config, data_root, _work_dir(workspace, lineage, "train_pa"), tracker=tracker,
-                              resume=True)
-        return _publish_stage(result, out_dir, tracker)
+        stage = _trained_stage("train_pa", "stage1", config=config, data_root=data_root, lineage=lineage,
+                               workspace=workspace, launch=launch or Launch(), tracker=tracker)
+        return _publish_stage(stage, out_dir, tracker)
 
 
 def pretrain_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, overrides: Sequence[str],
-                     workspace: str, out_dir: str) -> StepResult:
+                     workspace: str, out_dir: str, launch: Launch | None = None) -> StepResult:
     """Stage 2: the vocoder on clean features; independent of stage 1, so it runs beside it."""
-    from miipher2.train.stages import train_stage2
-
     config = training_config(training_preset, overrides, lineage.backbone, workspace)
     with step_run("pretrain_vocoder", lineage) as tracker:
-        result = train_stage2(config, data_root, _work_dir(workspace, lineage, "pretrain_vocoder"), tracker=tracker,
-                              resume=True)
-        return _publish_stage(result, out_dir, tracker)
+        stage = _trained_stage("pretrain_vocoder", "stage2", config=config, data_root=data_root, lineage=lineage,
+                               workspace=workspace, launch=launch or Launch(), tracker=tracker)
+        return _publish_stage(stage, out_dir, tracker)
 
 
 def finetune_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, overrides: Sequence[str],
-                     workspace: str, adapters_dir: str, vocoder_dir: str, out_dir: str) -> StepResult:
+                     workspace: str, adapters_dir: str, vocoder_dir: str, out_dir: str,
+                     launch: Launch | None = None) -> StepResult:
     """Stage 3: the vocoder on adapter-cleaned features; `out_dir` receives the complete restorer."""
-    from miipher2.train.stages import export_model, train_stage3
+    from miipher2.train.stages import export_model
 
     config = training_config(training_preset, overrides, lineage.backbone, workspace)
-    work_dir = _work_dir(workspace, lineage, "finetune_vocoder")
     with step_run("finetune_vocoder", lineage) as tracker:
-        result = train_stage3(config, data_root, work_dir, stage1_dir=adapters_dir, stage2_dir=vocoder_dir,
-                              tracker=tracker, resume=True)
-        _require_complete(result)
+        stage = _trained_stage("finetune_vocoder", "stage3", config=config, data_root=data_root, lineage=lineage,
+                               workspace=workspace, launch=launch or Launch(), tracker=tracker,
+                               earlier={"stage1": adapters_dir, "stage2": vocoder_dir})
         staging = Path(f"{out_dir}.partial")
         shutil.rmtree(staging, ignore_errors=True)
-        export_model(config, adapters_dir, work_dir, staging)
+        export_model(config, adapters_dir, stage.work_dir, staging)
         _replace_dir(staging, Path(out_dir))
         tracker.log_artifact(out_dir, "model")
-    return StepResult(out_dir=str(out_dir), metrics=_numbers(result.metrics, prefix="stage3."))
+    return StepResult(out_dir=str(out_dir), metrics=stage.metrics("stage3."))
 
 
-def _work_dir(workspace: str, lineage: Lineage, step: str) -> Path:
-    """Checkpoints of `step`, keyed by the KFP run: a retry (same run) resumes, another run starts afresh."""
-    return Path(workspace) / "runs" / _safe_name(lineage.kfp_run_id) / step
+@dataclass
+class TrainedStage:
+    """A finished training stage on the workspace: trained by this step now, or reused."""
+
+    work_dir: Path
+    result: dict[str, Any]   # its result.json (weights: name -> path)
+    reused: bool
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        return {**_numbers(self.result.get("metrics", {}), prefix=prefix), "reused": float(self.reused)}
 
 
-def _publish_stage(result, out_dir: str, tracker) -> StepResult:
+def _trained_stage(step: str, stage: str, *, config, data_root: str, lineage: Lineage, workspace: str,
+                   launch: Launch, tracker, earlier: dict[str, str] | None = None) -> TrainedStage:
+    """`stage` for this dataset, config, code and earlier stages: reused if a run already finished it,
+    else trained now in `<workspace>/stages/<step>/<key>` (continuing any checkpoints there).
+
+    The stage directory is locked while this step works on it: a concurrent run with the same key
+    waits, then reuses the result instead of training it a second time."""
+    from miipher2.locking import exclusive_lock
+    from miipher2.reuse import completed_stage, stage_key, weights_digest
+
+    earlier = earlier or {}
+    offline_if_cached(config.encoder.source)  # validate fetched it into the shared cache
+    key = stage_key(step, dataset_md5=lineage.dataset_md5, config=config.to_dict(),
+                    inputs={name: weights_digest(path) for name, path in earlier.items()})
+    work_dir = Path(workspace) / "stages" / step / key
+    tracker.set_tags({"stage_key": key, "stage_dir": str(work_dir)})
+
+    def waiting(holder: dict) -> None:
+        print(f"{step}: {work_dir} is being trained by {holder or 'another run'}; waiting to reuse it", flush=True)
+
+    with exclusive_lock(work_dir / ".lock", owner={"kfp_run_id": lineage.kfp_run_id}, on_wait=waiting):
+        done = completed_stage(work_dir)
+        if done is not None:
+            origin = _read_json(work_dir / ORIGIN_FILE)
+            tracker.set_tags({"reused": True, **{f"trained_by.{k}": v for k, v in origin.items()}})
+            print(f"{step}: reusing {work_dir}, trained by KFP run {origin.get('kfp_run_id', '?')}", flush=True)
+            return TrainedStage(work_dir, done, reused=True)
+        if not (work_dir / ORIGIN_FILE).exists():
+            _write_json(work_dir / ORIGIN_FILE, {"kfp_run_id": lineage.kfp_run_id, "mlflow_run_id": tracker.run_id or "",
+                                                 "git_commit": lineage.git_commit})
+        _train(stage, config, data_root, work_dir, launch, tracker, earlier, key, lineage)
+        done = completed_stage(work_dir)
+        if done is None:
+            # Fail the step: KFP retries it (set_retry) and the retry continues from the checkpoints.
+            raise RuntimeError(f"{stage} stopped before completing (SIGTERM?) after checkpointing in {work_dir}; "
+                               "a retry continues from there")
+        return TrainedStage(work_dir, done, reused=False)
+
+
+def _train(stage: str, config, data_root: str, work_dir: Path, launch: Launch, tracker, earlier: dict[str, str],
+           key: str, lineage: Lineage) -> None:
+    """Run `stage` into `work_dir`: here, under torchrun in this pod, or as a multi-node PyTorchJob."""
+    from miipher2.train import stages
+
+    if launch.processes == 1 and not launch.multi_node:
+        trainer = {"stage1": stages.train_stage1, "stage2": stages.train_stage2, "stage3": stages.train_stage3}[stage]
+        extra = {f"{name}_dir": path for name, path in earlier.items()}
+        trainer(config, data_root, work_dir, tracker=tracker, resume=True, **extra)
+        return
+    from miipher2.launch import stage_arguments
+
+    config_file = work_dir / "train-config.yaml"
+    atomic_write_text(config_file, config.to_yaml())
+    arguments = stage_arguments(stage, config_file=str(config_file), data_root=str(data_root), out_dir=str(work_dir),
+                                stage1_dir=earlier.get("stage1"), stage2_dir=earlier.get("stage2"),
+                                mlflow_run_id=tracker.run_id)
+    if launch.multi_node:
+        _run_pytorchjob(stage, arguments, launch, key, lineage)
+        return
+    from miipher2.launch.torchrun import run_under_torchrun
+
+    code = run_under_torchrun(arguments, launch.processes)
+    if code not in (0, EXIT_INTERRUPTED):
+        raise RuntimeError(f"{stage} under torchrun ({launch.processes} processes) failed with exit code {code}")
+
+
+def _run_pytorchjob(stage: str, arguments: list[str], launch: Launch, key: str, lineage: Lineage) -> None:
+    from kubernetes import client
+    from kubernetes import config as kubeconfig
+
+    from miipher2.launch.pytorchjob import JobSettings, current_namespace, pytorchjob_manifest, run_job
+
+    kubeconfig.load_incluster_config()
+    settings = JobSettings(**{**launch.job, "gpus_per_node": launch.processes})
+    manifest = pytorchjob_manifest(f"miipher2-{stage}-{key[:12]}", current_namespace(), arguments, nodes=launch.nodes,
+                                   settings=settings, env=offline_environment(),
+                                   labels={"miipher2/stage-key": key, "miipher2/kfp-run-id": _label(lineage.kfp_run_id)})
+    run_job(client.CustomObjectsApi(), manifest)
+
+
+def _publish_stage(stage: TrainedStage, out_dir: str, tracker) -> StepResult:
     """Copy a finished stage's final weights and records (not its checkpoints) into the output artifact."""
-    _require_complete(result)
     staging = Path(f"{out_dir}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    records = [Path(result.out_dir) / name for name in ("config.yaml", "encoder.json", "result.json")]
-    for path in [*result.weights.values(), *records]:
+    records = [stage.work_dir / name for name in ("config.yaml", "encoder.json", RESULT_FILE)]
+    for path in [*stage.result["weights"].values(), *records]:
         shutil.copy2(path, staging / Path(path).name)
     _replace_dir(staging, Path(out_dir))
     tracker.log_artifact(out_dir, "final")
-    return StepResult(out_dir=str(out_dir), metrics=_numbers(result.metrics, prefix=f"{result.stage}."))
-
-
-def _require_complete(result) -> None:
-    if result.interrupted:
-        # Fail the step: KFP retries it (set_retry) and the retry resumes from this checkpoint.
-        raise RuntimeError(f"{result.stage} stopped at step {result.step} (SIGTERM) after checkpointing "
-                           f"{result.checkpoint_dir}; a retry resumes from there")
+    return StepResult(out_dir=str(out_dir), metrics=stage.metrics(f"{stage.result['stage']}."))
 
 
 def evaluate(*, model_dir: str, data_root: str, lineage: Lineage, split: str, out_dir: str,
@@ -243,6 +325,18 @@ def metric_values(metadata: dict[str, Any], exclude: Sequence[str] = ()) -> dict
     return _numbers(numbers)
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _label(text: str) -> str:
+    """A Kubernetes label value made of `text` (63 characters, alphanumerics at both ends)."""
+    return _safe_name(text)[:63].strip("-_.")
+
+
 def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -253,11 +347,3 @@ def _safe_name(text: str) -> str:
     if not cleaned:
         raise ValueError(f"cannot make a directory name out of {text!r}")
     return cleaned
-
-
-def _display_repo(repo: str) -> str:
-    """The repository as recorded: a URL without any user:password@ part."""
-    if "://" in repo and "@" in repo.split("://", 1)[1].split("/", 1)[0]:
-        scheme, rest = repo.split("://", 1)
-        return f"{scheme}://{rest.split('@', 1)[1]}"
-    return repo

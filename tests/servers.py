@@ -46,3 +46,40 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: floa
                     return
         time.sleep(0.5)
     pytest.fail(f"server at {url} not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def private_git_server(repo_dir: Path, username: str, token: str) -> Iterator[str]:
+    """A git smart-HTTP server (dulwich) on 127.0.0.1 serving `repo_dir` only to `username:token`
+    (HTTP Basic, as GitHub/GitLab take tokens); yields the clone URL. Records what clients sent."""
+    import base64
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from dulwich.repo import Repo
+    from dulwich.server import DictBackend
+    from dulwich.web import make_wsgi_chain
+
+    git = make_wsgi_chain(DictBackend({"/": Repo(str(repo_dir))}))
+    expected = "Basic " + base64.b64encode(f"{username}:{token}".encode()).decode()
+    seen: list[str] = []
+
+    def app(environ, start_response):
+        seen.append(environ.get("PATH_INFO", "") + "?" + environ.get("QUERY_STRING", ""))
+        if environ.get("HTTP_AUTHORIZATION") != expected:
+            start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="git"'), ("Content-Length", "0")])
+            return [b""]
+        return git(environ, start_response)
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()

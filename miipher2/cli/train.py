@@ -11,10 +11,11 @@
 Every stage also runs under `torchrun --nproc_per_node N -m miipher2.cli train stageN ...`.
 
 Resuming (`--resume`, default `auto`): a stage whose --out already holds checkpoints continues
-from the latest one when they were written with the same configuration (compared field by
-field, runtime and cache settings aside), so a restarted pod or a rerun command picks up where
-it stopped; a different configuration is refused, naming the fields that differ. `--resume yes`
-continues whatever changed (e.g. more steps); `--resume no` refuses to touch existing checkpoints.
+from the latest one when they were written with the same configuration, so a restarted pod or a
+rerun command picks up where it stopped; another configuration is refused, naming the fields
+that differ (only `miipher2.reuse.NOT_LEARNING` may: device, threads, cache, loader workers).
+`--resume yes` continues whatever changed (e.g. more steps); `--resume no` refuses to touch
+existing checkpoints.
 
 Exit codes: 0 done; 2 bad config or inputs; 143 stopped by SIGTERM after a checkpoint (run the
 same command again to continue).
@@ -26,7 +27,9 @@ import argparse
 import sys
 from pathlib import Path
 
-EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 143
+from miipher2.launch import EXIT_INTERRUPTED
+
+EXIT_BAD_INPUT = 2
 
 
 def register(subparsers) -> None:
@@ -43,6 +46,8 @@ def register(subparsers) -> None:
                             help="auto (default): continue from the latest checkpoint in --out if it was written "
                                  "with the same configuration; yes (or the bare flag): continue regardless; "
                                  "no: refuse when --out holds checkpoints")
+        parser.add_argument("--mlflow-run-id", default=None, metavar="RUN_ID",
+                            help="log into this existing MLflow run (a pipeline step's) instead of a new one")
         if name == "stage3":
             parser.add_argument("--stage1", required=True, help="stage-1 output directory")
             parser.add_argument("--stage2", required=True, help="stage-2 output directory")
@@ -98,16 +103,17 @@ def _run_stage(args) -> int:
     try:
         config = _load(args)
         resume = _resume(args.resume, config, args.out)
-        if args.stage == "stage1":
-            result = train_stage1(config, args.data, args.out, resume=resume)
-        elif args.stage == "stage2":
-            result = train_stage2(config, args.data, args.out, resume=resume)
-        else:
-            result = train_stage3(config, args.data, args.out, stage1_dir=args.stage1, stage2_dir=args.stage2,
-                                  resume=resume)
-            if args.model_out and not result.interrupted and _is_main():
-                export_model(config, args.stage1, args.out, args.model_out)
-                print(f"model written to {args.model_out}", file=sys.stderr)
+        with _launcher_run(args) as tracker:
+            if args.stage == "stage1":
+                result = train_stage1(config, args.data, args.out, resume=resume, tracker=tracker)
+            elif args.stage == "stage2":
+                result = train_stage2(config, args.data, args.out, resume=resume, tracker=tracker)
+            else:
+                result = train_stage3(config, args.data, args.out, stage1_dir=args.stage1, stage2_dir=args.stage2,
+                                      resume=resume, tracker=tracker)
+        if args.stage == "stage3" and args.model_out and not result.interrupted and _is_main():
+            export_model(config, args.stage1, args.out, args.model_out)
+            print(f"model written to {args.model_out}", file=sys.stderr)
     except _input_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -120,11 +126,6 @@ def _run_stage(args) -> int:
     if _is_main():
         print(result.to_json())
     return 0
-
-
-# Settings that change how a stage runs, not what it learns: a restart may differ in them.
-_RUNTIME_SECTIONS = ("runtime", "cache")
-_RUNTIME_FIELDS = ("data.num_workers",)
 
 
 def _resume(mode: str, config, out_dir: str) -> bool:
@@ -144,27 +145,31 @@ def _resume(mode: str, config, out_dir: str) -> bool:
 
 
 def config_differences(recorded_file: Path, config) -> list[str]:
-    """'field: recorded -> now' for every field that shapes training and differs from `recorded_file`."""
+    """'field: recorded -> now' for every field that shapes learning and differs from `recorded_file`
+    (runtime fields such as device, threads or cache location may differ)."""
     import yaml
 
+    from miipher2.reuse import learning_settings
     from miipher2.train.config import ConfigError, TrainConfig
 
     try:
-        recorded = TrainConfig.from_dict(yaml.safe_load(recorded_file.read_text())).to_dict()
+        recorded = learning_settings(TrainConfig.from_dict(yaml.safe_load(recorded_file.read_text())).to_dict())
     except (OSError, yaml.YAMLError, ConfigError) as err:
         return [f"the recorded {recorded_file.name} cannot be read ({err})"]
-    now = config.to_dict()
-    return [f"{key}: {before!r} -> {after!r}" for key, before, after in _changed(recorded, now)
-            if key.split(".")[0] not in _RUNTIME_SECTIONS and key not in _RUNTIME_FIELDS]
+    now = learning_settings(config.to_dict())
+    return [f"{key}: {recorded.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(recorded) | set(now))
+            if recorded.get(key) != now.get(key)]
 
 
-def _changed(before: dict, after: dict, prefix: str = ""):
-    for key in sorted(set(before) | set(after)):
-        old, new = before.get(key), after.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            yield from _changed(old, new, f"{prefix}{key}.")
-        elif old != new:
-            yield f"{prefix}{key}", old, new
+def _launcher_run(args):
+    """The MLflow run named by --mlflow-run-id, opened on the main process (None: the stage opens its own)."""
+    import contextlib
+
+    if not args.mlflow_run_id or not _is_main():
+        return contextlib.nullcontext(None)
+    from miipher2.tracking import tracked_run
+
+    return tracked_run(args.stage, run_id=args.mlflow_run_id, system_metrics=False)
 
 
 def _export(args) -> int:

@@ -8,24 +8,38 @@ recorded at that commit, never from whatever happens to sit in the working copy.
     info.md5           # '2f6c...dir': the version, as recorded in data.dvc at v1.0
     info.files         # {'manifests/train.csv': '9a1b...', ...}: per-file md5s
     dataset_md5("https://github.com/org/miipher2", rev="main")   # the version only, no download
+    materialise_dataset(url, "v1.0", "/workspace/datasets")      # into datasets/<md5>, once per version
+
+A verified copy is recorded beside it (`<dest>.verified.json`: each file's md5 with its size,
+mtime and inode), so checking it again later hashes only files that changed since (DVC's own
+state database works the same way): at terabyte scale a re-check costs a directory walk, not
+hours of hashing.
 
 Remotes and credentials: see docs/data.md (credentials only from the environment or
 `.dvc/config.local`, never from committed config or from function arguments that get logged).
+A pod of a cluster reads from the platform's S3 remote (`platform_remote`); a private git
+repository is cloned with a token from the environment (`miipher2.data.git_credentials`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 DATASET_PATH = "data"  # the tracked directory, relative to the repository root
+# The platform's DVC remote (ConfigMap miipher2-settings): an S3 URL, its endpoint and region
+# from the S3 Secret's variables (unset endpoint: AWS itself).
+PLATFORM_REMOTE, PLATFORM_REMOTE_URL_ENV = "platform", "MIIPHER2_DVC_REMOTE_URL"
+_VERIFIED_SUFFIX = ".verified.json"
 
 
 class DatasetVersionError(RuntimeError):
@@ -66,7 +80,7 @@ def dataset_filesystem(repo: str | os.PathLike, rev: str | None = None, remote: 
     try:
         return DVCFileSystem(str(repo), rev=rev, remote=remote, remote_config=remote_config)
     except Exception as err:  # dvc/scmrepo raise many kinds; all mean "cannot open this revision"
-        raise DatasetVersionError(f"cannot open DVC repository {repo!r} at revision {rev!r}: {err}") from err
+        raise DatasetVersionError(f"cannot open DVC repository {_shown(repo)!r} at revision {rev!r}: {err}") from err
 
 
 def dataset_md5(repo: str | os.PathLike, rev: str | None = None, path: str = DATASET_PATH,
@@ -76,20 +90,71 @@ def dataset_md5(repo: str | os.PathLike, rev: str | None = None, path: str = DAT
     return _recorded_md5(fs, repo, rev, path)
 
 
+def platform_remote(remote: str | None = None) -> tuple[str | None, dict[str, Any] | None]:
+    """(remote name, remote settings) to read a dataset from.
+
+    A named `remote` is the repository's own. Without one, a pod reads from the platform's remote
+    when `MIIPHER2_DVC_REMOTE_URL` is set (`s3://bucket/prefix`; endpoint `AWS_ENDPOINT_URL` and
+    region `AWS_DEFAULT_REGION` when set, for S3-compatible stores), because the default remote
+    a repository commits (a directory beside a checkout) does not exist in a fresh clone.
+    Elsewhere: the repository's default remote. Credentials stay in the environment (boto)."""
+    if remote:
+        return remote, None
+    url = os.environ.get(PLATFORM_REMOTE_URL_ENV)
+    if not url:
+        return None, None
+    settings = {"url": url}
+    for option, variable in (("endpointurl", "AWS_ENDPOINT_URL"), ("region", "AWS_DEFAULT_REGION")):
+        if os.environ.get(variable):
+            settings[option] = os.environ[variable]
+    return PLATFORM_REMOTE, settings
+
+
+def materialise_dataset(repo: str | os.PathLike, rev: str | None, datasets_dir: str | os.PathLike,
+                        remote: str | None = None, path: str = DATASET_PATH) -> DatasetInfo:
+    """`path` of `repo` at `rev`, fetched and verified into `<datasets_dir>/<md5>` once per version.
+
+    The remote is chosen by `platform_remote`; a private git repository is read with the token
+    in the environment (`git_credentials`). Runs fetching the same version at once take turns."""
+    from miipher2.data.git_credentials import git_credentials
+    from miipher2.locking import exclusive_lock
+
+    name, settings = platform_remote(remote)
+    with git_credentials() as authenticated:
+        if authenticated:
+            _forget_clone(repo)
+        fs = dataset_filesystem(repo, rev, name, settings)
+        md5 = _recorded_md5(fs, repo, rev, path)
+        if not re.fullmatch(r"[0-9a-f]{32}\.dir", md5):
+            raise DatasetVersionError(f"{path!r} of {_shown(repo)!r} at {rev!r} records an unexpected hash {md5!r}")
+        dest = Path(datasets_dir) / md5
+        with exclusive_lock(Path(datasets_dir) / f".{dest.name}.lock"):
+            return _fetch(fs, repo, rev, dest, md5, name, path)
+
+
 def fetch_dataset(repo: str | os.PathLike, rev: str | None, dest: str | os.PathLike, remote: str | None = None,
                   remote_config: dict[str, Any] | None = None, path: str = DATASET_PATH) -> DatasetInfo:
     """Materialise `path` of `repo` at `rev` into `dest` and verify every file's md5.
 
     Data comes through DVC: from the repository's cache when it has the objects, else from
     `remote` (or the default remote). `dest` is replaced whole only after verification; when
-    it already holds exactly this version nothing is downloaded.
+    it already holds exactly this version nothing is downloaded (and, thanks to its verification
+    record, only files changed since are hashed again).
     """
     fs = dataset_filesystem(repo, rev, remote, remote_config)
-    md5 = _recorded_md5(fs, repo, rev, path)
-    expected = {PurePosixPath(name).relative_to(path).as_posix(): info["md5"]
-                for name, info in fs.find(path, detail=True).items()}
-    dest = Path(dest).absolute()
-    if dest.is_dir() and _mismatches(dest, expected) == []:
+    return _fetch(fs, repo, rev, Path(dest), _recorded_md5(fs, repo, rev, path), remote, path)
+
+
+def _fetch(fs, repo, rev, dest: Path, md5: str, remote: str | None, path: str) -> DatasetInfo:
+    try:  # the file list of a version comes from its `.dir` object: in the cache or on the remote
+        listing = fs.find(path, detail=True)
+    except Exception as err:
+        raise DatasetVersionError(f"cannot list {path!r} of {_shown(repo)!r} at {rev!r} from remote "
+                                  f"{remote or '(default)'}: {err}") from err
+    expected = {PurePosixPath(name).relative_to(path).as_posix(): info["md5"] for name, info in listing.items()}
+    dest = dest.absolute()
+    if dest.is_dir() and _mismatches(dest, expected, _verification_record(dest, md5)) == []:
+        _record_verified(dest, md5, expected)
         return DatasetInfo(dest, md5, expected, rev)
     staging = dest.parent / f".{dest.name}.fetching-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -98,19 +163,21 @@ def fetch_dataset(repo: str | os.PathLike, rev: str | None, dest: str | os.PathL
         try:
             fs.get(path, str(staging), recursive=True)
         except Exception as err:
-            raise DatasetVersionError(f"cannot download {path!r} of {repo!r} at {rev!r} from remote "
+            raise DatasetVersionError(f"cannot download {path!r} of {_shown(repo)!r} at {rev!r} from remote "
                                       f"{remote or '(default)'}: {err}") from err
         bad = _mismatches(staging, expected)
         if bad:
             raise DatasetVersionError(f"{len(bad)} file(s) of {path!r} at {rev!r} do not match their DVC hashes: "
                                       + ", ".join(bad[:10]))
         retired = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        _verified_path(dest).unlink(missing_ok=True)
         if dest.exists():
             os.replace(dest, retired)
         os.replace(staging, dest)
         shutil.rmtree(retired, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _record_verified(dest, md5, expected)
     return DatasetInfo(dest, md5, expected, rev)
 
 
@@ -215,20 +282,55 @@ def _recorded_md5(fs, repo, rev, path: str) -> str:
     try:
         info = fs.info(path)
     except FileNotFoundError as err:
-        raise DatasetVersionError(f"{path!r} is not in {repo!r} at revision {rev!r}") from err
+        raise DatasetVersionError(f"{path!r} is not in {_shown(repo)!r} at revision {rev!r}") from err
     except Exception as err:  # the filesystem opens lazily: unknown revisions surface here
-        raise DatasetVersionError(f"cannot read {path!r} of {repo!r} at revision {rev!r}: {err}") from err
+        raise DatasetVersionError(f"cannot read {path!r} of {_shown(repo)!r} at revision {rev!r}: {err}") from err
     md5 = info.get("dvc_info", {}).get("md5")
     if not md5 or info["type"] != "directory":
-        raise DatasetVersionError(f"{path!r} in {repo!r} at revision {rev!r} is not a DVC-tracked directory")
+        raise DatasetVersionError(f"{path!r} in {_shown(repo)!r} at revision {rev!r} is not a DVC-tracked directory")
     return md5
 
 
-def _mismatches(root: Path, expected: dict[str, str]) -> list[str]:
-    """Relative paths that are missing, extra or differ from `expected` (empty list: identical)."""
-    actual = file_hashes(root)
-    names = sorted(set(actual) | set(expected))
-    return [name for name in names if actual.get(name) != expected.get(name)]
+def _mismatches(root: Path, expected: dict[str, str], verified: dict[str, list] | None = None) -> list[str]:
+    """Relative paths that are missing, extra or differ from `expected` (empty list: identical).
+
+    A file whose (md5, size, mtime, inode) is in `verified` with its expected md5 is trusted
+    without reading it; every other file is hashed."""
+    verified = verified or {}
+    present = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    mismatched = sorted(set(expected) - set(present))
+    for name in present:
+        want = expected.get(name)
+        if want is None:
+            mismatched.append(name)
+        elif verified.get(name) != [want, *_stamp(root / name)] and _md5(root / name) != want:
+            mismatched.append(name)
+    return sorted(mismatched)
+
+
+def _stamp(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+def _verified_path(dest: Path) -> Path:
+    return dest.parent / f"{dest.name}{_VERIFIED_SUFFIX}"
+
+
+def _verification_record(dest: Path, md5: str) -> dict[str, list]:
+    """name -> [md5, size, mtime_ns, inode] of the files verified in `dest` for version `md5`."""
+    try:
+        record = json.loads(_verified_path(dest).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record.get("files", {}) if record.get("md5") == md5 else {}
+
+
+def _record_verified(dest: Path, md5: str, expected: dict[str, str]) -> None:
+    from miipher2.files import atomic_write_text
+
+    files = {name: [digest, *_stamp(dest / name)] for name, digest in expected.items()}
+    atomic_write_text(_verified_path(dest), json.dumps({"md5": md5, "files": files}))
 
 
 def _md5(path: Path) -> str:
@@ -236,7 +338,7 @@ def _md5(path: Path) -> str:
         return hashlib.file_digest(handle, "md5").hexdigest()
 
 
-@contextmanager
+@contextlib.contextmanager
 def _quiet_dvc():
     """Drop DVC's "missing cache files" warning. A filter on the emitting logger, because DVC
     resets the levels and handlers of its parent logger whenever a Repo runs a command."""
@@ -249,6 +351,30 @@ def _quiet_dvc():
     finally:
         for logger in loggers:
             logger.removeFilter(drop_warnings)
+
+
+def shown_repo(repo: str | os.PathLike) -> str:
+    """The repository as it may be shown and recorded: a URL without any user:password@ part."""
+    repo = str(repo)
+    if "://" in repo and "@" in repo.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = repo.split("://", 1)
+        return f"{scheme}://{rest.split('@', 1)[1]}"
+    return repo
+
+
+_shown = shown_repo
+
+
+def _forget_clone(repo) -> None:
+    """Make DVC clone `repo` afresh rather than update its earlier clone in this process: the
+    update goes through pygit2, which (scmrepo 3.6) answers a credential request only once per
+    fetch while libgit2 connects twice, so an authenticated update fails where a clone works."""
+    with contextlib.suppress(ImportError):
+        from dvc.repo.open_repo import CLONES
+
+        entry = CLONES.pop(str(repo), None)
+        if entry:
+            shutil.rmtree(entry[0], ignore_errors=True)
 
 
 def _inside(repo_root, relative: str) -> str:

@@ -5,7 +5,8 @@ import subprocess
 import pytest
 
 from miipher2.lineage import GIT_COMMIT_ENV, Lineage, git_commit, start_pipeline_run, step_run
-from miipher2.steps import _display_repo, _safe_name
+from miipher2.data.versioning import shown_repo
+from miipher2.steps import _safe_name
 
 @pytest.fixture(autouse=True)
 def _restore_mlflow_tracking_uri(monkeypatch):
@@ -80,5 +81,5 @@ def test_safe_directory_names(text, expected):
 
 
 def test_repository_urls_are_recorded_without_credentials():
-    assert _display_repo("https://user:tok@github.com/org/repo.git") == "https://github.com/org/repo.git"
-    assert _display_repo("/local/path") == "/local/path"
+    assert shown_repo("https://user:tok@github.com/org/repo.git") == "https://github.com/org/repo.git"
+    assert shown_repo("/local/path") == "/local/path"

@@ -1,0 +1,56 @@
+"""Where a training stage runs: in this process, under torchrun in this pod, or as a multi-node
+Kubeflow PyTorchJob. Each runs the same command, `miipher2 train <stage> ...` (`stage_arguments`).
+
+    Launch()                                  # one process, here
+    Launch(processes=4)                       # torchrun --nproc_per_node 4 in this pod (one per GPU)
+    Launch(processes=8, nodes=4, job={...})   # a PyTorchJob: 4 pods x 8 GPUs (pytorchjob.JobSettings)
+
+A pipeline step passes its `Launch` as JSON (`Launch.from_json`): the cluster settings are
+chosen when the pipeline is compiled (`pipelines.cluster.ClusterConfig`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+EXIT_INTERRUPTED = 143  # `miipher2 train` stopped by SIGTERM after a checkpoint: run it again to continue
+
+
+@dataclass(frozen=True)
+class Launch:
+    processes: int = 1   # training processes per node (torchrun --nproc_per_node): one per GPU
+    nodes: int = 1       # more than one: the stage runs as a Kubeflow PyTorchJob of `nodes` pods
+    job: dict[str, Any] = field(default_factory=dict)  # the PyTorchJob's pod settings (pytorchjob.JobSettings)
+
+    def __post_init__(self):
+        if self.processes < 1 or self.nodes < 1:
+            raise ValueError(f"a launch needs at least one process and one node, got {self}")
+        if self.nodes > 1 and not self.job:
+            raise ValueError("a multi-node launch needs the PyTorchJob's pod settings (`job`)")
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nodes > 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Launch:
+        return cls(**json.loads(text)) if text else cls()
+
+
+def stage_arguments(stage: str, *, config_file: str, data_root: str, out_dir: str, stage1_dir: str | None = None,
+                    stage2_dir: str | None = None, mlflow_run_id: str | None = None) -> list[str]:
+    """`miipher2` arguments that train `stage` into `out_dir`, continuing its checkpoints there.
+
+    `--resume yes`: the launcher's output directory is named by the stage's inputs and config
+    (`miipher2.reuse.stage_key`), so any checkpoint in it belongs to this very training."""
+    args = ["train", stage, "--config", config_file, "--data", data_root, "--out", out_dir, "--resume", "yes"]
+    if stage == "stage3":
+        args += ["--stage1", str(stage1_dir), "--stage2", str(stage2_dir)]
+    if mlflow_run_id:
+        args += ["--mlflow-run-id", mlflow_run_id]
+    return args
