@@ -15,11 +15,13 @@ def finetune_vocoder(
     training_preset: str,
     overrides: List[str],
     workspace: str,
+    launch: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
     import time
 
+    from miipher2.launch import Launch
     from miipher2.lineage import Lineage
     from miipher2.steps import finetune_vocoder
 
@@ -27,6 +29,7 @@ def finetune_vocoder(
     lineage = Lineage.from_metadata(dataset.metadata)
     result = finetune_vocoder(data_root=dataset.metadata["data_root"], lineage=lineage,
                               training_preset=training_preset, overrides=overrides, workspace=workspace,
+                              launch=Launch.from_json(launch),
                               adapters_dir=adapters.path, vocoder_dir=vocoder.path, out_dir=model.path)
     model.metadata.update(lineage.to_metadata())
     for name, value in result.metrics.items():

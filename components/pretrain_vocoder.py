@@ -13,11 +13,13 @@ def pretrain_vocoder(
     training_preset: str,
     overrides: List[str],
     workspace: str,
+    launch: str,
     vocoder: Output[Model],
     metrics: Output[Metrics],
 ):
     import time
 
+    from miipher2.launch import Launch
     from miipher2.lineage import Lineage
     from miipher2.steps import pretrain_vocoder
 
@@ -25,7 +27,7 @@ def pretrain_vocoder(
     lineage = Lineage.from_metadata(dataset.metadata)
     result = pretrain_vocoder(data_root=dataset.metadata["data_root"], lineage=lineage,
                               training_preset=training_preset, overrides=overrides, workspace=workspace,
-                              out_dir=vocoder.path)
+                              launch=Launch.from_json(launch), out_dir=vocoder.path)
     vocoder.metadata.update(lineage.to_metadata())
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

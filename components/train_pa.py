@@ -13,11 +13,13 @@ def train_pa(
     training_preset: str,
     overrides: List[str],
     workspace: str,
+    launch: str,
     adapters: Output[Model],
     metrics: Output[Metrics],
 ):
     import time
 
+    from miipher2.launch import Launch
     from miipher2.lineage import Lineage
     from miipher2.steps import train_adapters
 
@@ -25,7 +27,7 @@ def train_pa(
     lineage = Lineage.from_metadata(dataset.metadata)
     result = train_adapters(data_root=dataset.metadata["data_root"], lineage=lineage,
                             training_preset=training_preset, overrides=overrides, workspace=workspace,
-                            out_dir=adapters.path)
+                            launch=Launch.from_json(launch), out_dir=adapters.path)
     adapters.metadata.update(lineage.to_metadata())
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

@@ -15,12 +15,13 @@ import contextlib
 import dataclasses
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from miipher2.tracking import Tracker, tracked_run
+from miipher2.tracking import Tracker, TrackingWarning, configured_tracking_uri, server_reachable, tracked_run
 
 # Baked into the pipeline image at build time (infra/image/Dockerfile), where there is no .git.
 GIT_COMMIT_ENV = "MIIPHER2_GIT_COMMIT"
@@ -102,3 +103,41 @@ def step_run(step: str, lineage: Lineage, *, into_parent: bool = False) -> Itera
     with tracked_run(step, experiment=None if parent else lineage.experiment, parent_run_id=parent,
                      tags=tags) as tracker:
         yield tracker
+
+
+# KFP's final task states (PipelineTaskFinalStatus.state) as MLflow run statuses.
+_RUN_STATUS = {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
+
+
+def close_pipeline_run(experiment: str, kfp_run_id: str, state: str, error: str = "") -> str | None:
+    """End the pipeline's MLflow parent run with the pipeline's final `state` (KFP's SUCCEEDED,
+    FAILED, CANCELED...): FINISHED, KILLED, or FAILED for anything else; tagged `pipeline_state`
+    (and `pipeline_error`). Called by the pipeline's exit handler, which sees no step outputs,
+    so the parent run is found by its tags. Returns its id; None when tracking is off or the
+    run never opened one (it stopped before validation). Tracking failures only warn."""
+    uri = configured_tracking_uri()
+    if uri is None or not server_reachable(uri):
+        return None
+    import mlflow
+
+    status = _RUN_STATUS.get(state.upper(), "FAILED")
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        if "'" in kfp_run_id:
+            raise ValueError(f"unexpected KFP run id {kfp_run_id!r}")
+        runs = client.search_runs([found.experiment_id],
+                                  filter_string=f"tags.kfp_run_id = '{kfp_run_id}' and tags.pipeline_step = 'pipeline'")
+        for run in runs:
+            client.set_tag(run.info.run_id, "pipeline_state", state)
+            if error:
+                client.set_tag(run.info.run_id, "pipeline_error", error[:5000])
+            client.set_terminated(run.info.run_id, status=status)
+    except Exception as err:  # noqa: BLE001 — a tracking failure must not fail the exit handler
+        warnings.warn(f"could not close the MLflow parent run of KFP run {kfp_run_id} ({type(err).__name__}: {err})",
+                      TrackingWarning, stacklevel=2)
+        return None
+    return runs[0].info.run_id if runs else None
+

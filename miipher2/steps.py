@@ -277,6 +277,17 @@ def evaluate(*, model_dir: str, data_root: str, lineage: Lineage, split: str, ou
                       files={"html": str(result.html_path), "markdown": str(result.markdown_path)})
 
 
+class InvalidDataset(RuntimeError):
+    """The dataset failed validation: the pipeline run must end failed."""
+
+
+def reject_dataset(report_markdown: str) -> None:
+    """Fail on purpose, printing the validation report: an invalid dataset is a failed run."""
+    print(Path(report_markdown).read_text(), flush=True)
+    raise InvalidDataset("the dataset failed validation (report above; also the validate step's `report` "
+                         "artifact): nothing was trained or registered")
+
+
 def register(*, model_dir: str, lineage: Lineage, model_name: str, metrics: dict[str, float]) -> dict[str, str]:
     """Register the restorer as a new MLflow model version with alias `challenger`.
 

@@ -1,8 +1,9 @@
 """Compile, submit, or run our pipelines locally (training and restoration alike).
 
     compile_pipeline(build_training_pipeline(ClusterConfig()), "training.yaml")
-    submit("https://kfp.example.com", training_pipeline, {"dvc_repo": "https://github.com/org/miipher2", ...}, token=...)
-    result = run_local({"training_preset": "demo-cpu", ...})      # the training pipeline
+    submit("https://kfp.example.com", training_pipeline, {"dvc_repo": "https://github.com/org/miipher2", ...}, token=...,
+           namespace="miipher2", service_account="miipher2-pipeline")
+    result = run_local({"training_preset": "demo-cpu", ...}, "outputs/kfp", "outputs/workspace")  # the training pipeline
 
 The local run uses KFP's SubprocessRunner with the current interpreter (`use_venv=False`): each
 step is a subprocess running the same component code a cluster pod runs, with the pipeline's
@@ -13,6 +14,7 @@ environment, exactly as the cluster's Secrets and ConfigMap deliver them there.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import os
 import re
@@ -23,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from miipher2.files import atomic_file
-from pipelines.training import PIPELINE_NAME, training_pipeline
+from pipelines.cluster import MIN_KFP_BACKEND, ClusterConfig
+from pipelines.training import PIPELINE_NAME, build_training_pipeline
 
 # Compiled output that changes without any change to the pipeline (normalised for the golden copy).
 _VOLATILE = re.compile(r"^sdkVersion: .*$", re.MULTILINE)
@@ -44,18 +47,60 @@ def normalised(compiled_yaml: str) -> str:
     return _VOLATILE.sub("sdkVersion: <normalised>", compiled_yaml)
 
 
+class BackendTooOld(RuntimeError):
+    """The Kubeflow Pipelines backend is older than our pipelines need."""
+
+
 def submit(host: str, pipeline_func, params: dict[str, Any], token: str | None = None,
-           experiment: str | None = None, run_name: str | None = None) -> str:
+           experiment: str | None = None, run_name: str | None = None, namespace: str | None = None,
+           service_account: str | None = None) -> str:
     """Start a run of `pipeline_func` on a Kubeflow Pipelines endpoint; returns the KFP run id.
 
-    `token` is a bearer token for the KFP API (never logged, never a pipeline parameter).
+    `token` is a bearer token for the KFP API (never logged, never a pipeline parameter);
+    `namespace` the (multi-user) profile namespace to run in; `service_account` the account the
+    run's pods use (infra/k8s: `miipher2-pipeline`, least privilege). Refuses a backend older
+    than `MIN_KFP_BACKEND` before creating anything.
     """
     import kfp
 
-    client = kfp.Client(host=host, existing_token=token)
+    client = kfp.Client(host=host, existing_token=token, **({"namespace": namespace} if namespace else {}))
+    require_backend(client, host)
     run = client.create_run_from_pipeline_func(pipeline_func, arguments=params, run_name=run_name,
-                                               experiment_name=experiment, enable_caching=False)
+                                               experiment_name=experiment, namespace=namespace,
+                                               service_account=service_account, enable_caching=False)
     return run.run_id
+
+
+def backend_version(client) -> str:
+    """The KFP backend's release (`tag_name` of its healthz answer, e.g. '2.15.0'; 'unknown' if none).
+
+    The SDK's `get_kfp_healthz()` parses the answer into a model that keeps only `multi_user`
+    and `pipeline_store`, so the raw answer is read through the same generated API."""
+    response = client._healthz_api.healthz_service_get_healthz(_preload_content=False)
+    try:
+        return str(json.loads(response.data).get("tag_name") or "unknown")
+    except ValueError:
+        return "unknown"
+
+
+def require_backend(client, host: str = "", minimum: tuple[int, ...] = MIN_KFP_BACKEND) -> str:
+    """Raise `BackendTooOld` unless the backend is at least `minimum`; returns its version.
+
+    A version that is not a release number (a development build reports 'unknown' or a commit)
+    only warns: it may be newer than any release."""
+    version = backend_version(client)
+    match = re.match(r"^v?(\d+)\.(\d+)", version)
+    needed = ".".join(map(str, minimum))
+    if match is None:
+        warnings.warn(f"Kubeflow Pipelines at {host or 'the endpoint'} reports version {version!r}; cannot check "
+                      f"that it is >= {needed}", stacklevel=2)
+    elif tuple(int(part) for part in match.groups()) < minimum:
+        raise BackendTooOld(
+            f"Kubeflow Pipelines at {host or 'the endpoint'} is version {version}; these pipelines need >= {needed}: "
+            "older backends ignore `optional` on Secret keys mapped to environment variables, so pods fail "
+            "whenever a Secret lacks an optional key (S3 endpoint, git or Hugging Face token). Upgrade Kubeflow "
+            "Pipelines (https://www.kubeflow.org/docs/components/pipelines/operator-guides/installation/).")
+    return version
 
 
 @dataclass
@@ -78,10 +123,16 @@ class LocalRun:
         return Path(entries[0]["uri"]) if entries else None
 
 
-def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike) -> LocalRun:
-    """Run the pipeline here with KFP's local SubprocessRunner; never raises for a failed step."""
+def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike, workspace: str | os.PathLike,
+              cluster: ClusterConfig | None = None) -> LocalRun:
+    """Run the training pipeline here with KFP's local SubprocessRunner; never raises for a failed step.
+
+    The pipeline is the cluster's (`cluster`, default `ClusterConfig()`) with its workspace at
+    `workspace`: Kubernetes settings are ignored locally, but how many processes train each
+    stage (`gpus_per_step`, torchrun with gloo on CPU) is honoured."""
+    cluster = dataclasses.replace(cluster or ClusterConfig(), workspace_mount=str(Path(workspace).absolute()))
     # GPU requests and resource limits are cluster settings; locally they are meant to be ignored.
-    run_dir, wall = run_pipeline_locally(training_pipeline, params, pipeline_root, PIPELINE_NAME,
+    run_dir, wall = run_pipeline_locally(build_training_pipeline(cluster), params, pipeline_root, PIPELINE_NAME,
                                          ignore=(r"Task '.*': settings .* have no effect in the current local runner",))
     return _collect(run_dir, wall)
 

@@ -1,8 +1,12 @@
 """`miipher2 pipeline compile | submit | run --local`: the training pipeline from the command line.
 
     miipher2 pipeline compile -o training.yaml
-    miipher2 pipeline submit --host https://kfp.example.com --dvc-repo https://github.com/org/miipher2
+    miipher2 pipeline submit --host https://kfp.example.com --dvc-repo https://github.com/org/miipher2 \
+        --namespace miipher2 --service-account miipher2-pipeline
     miipher2 pipeline run --local                  # the demo: demo corpus, demo-cpu preset, local MLflow
+
+`submit` checks that the Kubeflow Pipelines backend is recent enough (>= 2.15, see
+pipelines/cluster.py) before it creates anything.
 
 `run --local` without `--dvc-repo` uses this repository's `data.dvc` (building or pulling the
 demo corpus first when needed), a SQLite MLflow store at `<repo>/mlflow.db` unless
@@ -38,6 +42,11 @@ def register(subparsers) -> None:
                              "command lines are visible to other users)")
     submit.add_argument("--kfp-experiment", default=None, help="KFP experiment to file the run under")
     submit.add_argument("--run-name", default=None)
+    submit.add_argument("--namespace", default=None,
+                        help="namespace (Kubeflow profile) to run in; it must hold the workspace PVC and Secrets "
+                             "(infra/k8s: miipher2)")
+    submit.add_argument("--service-account", default=None,
+                        help="service account of the run's pods (infra/k8s: miipher2-pipeline; default: KFP's)")
     _add_pipeline_parameters(submit, local=False)
     submit.set_defaults(func=_submit)
 
@@ -45,6 +54,8 @@ def register(subparsers) -> None:
     run.add_argument("--local", action="store_true", required=True,
                      help="required: run with KFP's local SubprocessRunner in this Python environment")
     run.add_argument("--output-dir", default=None, help="where runs, workspace and reports go (default: <repo>/outputs)")
+    run.add_argument("--processes", type=int, default=1,
+                     help="training processes per stage (torchrun; gloo on CPU), as gpus_per_step does on a cluster")
     _add_pipeline_parameters(run, local=True)
     run.set_defaults(func=_run_local)
 
@@ -65,20 +76,15 @@ def _add_pipeline_parameters(parser: argparse.ArgumentParser, local: bool) -> No
     group.add_argument("--model-name", default="miipher2", help="registered model name (default: %(default)s)")
     group.add_argument("--eval-split", default="test", help="evaluation split (default: %(default)s)")
     group.add_argument("--eval-max-utterances", type=int, default=0, help="cap on evaluated utterances (0: all)")
-    if not local:
-        group.add_argument("--workspace", default=None, help="workspace path in the pods (default: the PVC mount)")
 
 
 def _pipeline_params(args: argparse.Namespace) -> dict:
-    params = {
+    return {
         "dvc_repo": args.dvc_repo, "dataset_revision": args.dataset_revision, "dvc_remote": args.dvc_remote,
         "training_preset": args.training_preset, "backbone": args.backbone, "overrides": list(args.overrides),
         "experiment": args.experiment, "model_name": args.model_name, "eval_split": args.eval_split,
         "eval_max_utterances": args.eval_max_utterances,
     }
-    if getattr(args, "workspace", None):
-        params["workspace"] = args.workspace
-    return params
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -92,17 +98,23 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipelines.run import submit
+    from pipelines.run import BackendTooOld, submit
     from pipelines.training import training_pipeline
 
     token = args.token or os.environ.get("KFP_TOKEN") or None
-    run_id = submit(args.host, training_pipeline, _pipeline_params(args), token=token, experiment=args.kfp_experiment,
-                    run_name=args.run_name)
+    try:
+        run_id = submit(args.host, training_pipeline, _pipeline_params(args), token=token,
+                        experiment=args.kfp_experiment, run_name=args.run_name, namespace=args.namespace,
+                        service_account=args.service_account)
+    except BackendTooOld as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"submitted run {run_id} to {args.host}")
     return 0
 
 
 def _run_local(args: argparse.Namespace) -> int:
+    from pipelines.cluster import ClusterConfig
     from pipelines.run import run_local
 
     repo = _repo_root()
@@ -113,9 +125,8 @@ def _run_local(args: argparse.Namespace) -> int:
         args.dvc_repo = str(repo)
         print(f"demo dataset: {ensure_demo_dataset(repo)}")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
-    params = _pipeline_params(args)
-    params["workspace"] = str(out / "workspace")
-    result = run_local(params, out / "kfp")
+    result = run_local(_pipeline_params(args), out / "kfp", out / "workspace",
+                       ClusterConfig(gpus_per_step=args.processes))
     _print_summary(result, os.environ["MLFLOW_TRACKING_URI"])
     return 0 if result.ok else 1
 

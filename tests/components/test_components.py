@@ -17,7 +17,9 @@ import pytest
 from kfp import dsl
 
 import components
+import miipher2.lineage
 import miipher2.steps as steps
+from miipher2.launch import Launch
 from miipher2.lineage import Lineage
 from miipher2.steps import StepResult, ValidatedData
 from tests.kfp_backend import STORE_SESSION_INFO, backend_artifact
@@ -89,10 +91,12 @@ def test_training_stages_pass_lineage_and_publish_metrics(tmp_path, record, comp
     calls = record(step, lambda out_dir, **_: StepResult(out_dir=out_dir, metrics={"loss": 0.5}))
     model = artifact(dsl.Model, tmp_path, output)
     metrics = artifact(dsl.Metrics, tmp_path, "metrics")
+    launch = Launch(processes=2)
     component.python_func(dataset=dataset(tmp_path), training_preset="demo-cpu", overrides=[],
-                          workspace=str(tmp_path / "ws"), metrics=metrics, **{output: model})
+                          workspace=str(tmp_path / "ws"), launch=launch.to_json(), metrics=metrics, **{output: model})
     got = calls[step]
     assert got["lineage"] == LINEAGE and got["data_root"] == str(tmp_path / "data") and got["out_dir"] == model.path
+    assert got["launch"] == launch
     assert Lineage.from_metadata(model.metadata) == LINEAGE
     assert metrics.metadata["loss"] == 0.5 and metrics.metadata["step_seconds"] >= 0
 
@@ -103,7 +107,7 @@ def test_finetune_vocoder_gets_both_earlier_stages(tmp_path, record):
     model, metrics = artifact(dsl.Model, tmp_path, "model"), artifact(dsl.Metrics, tmp_path, "metrics")
     components.finetune_vocoder.python_func(dataset=dataset(tmp_path), adapters=adapters, vocoder=vocoder,
                                             training_preset="demo-cpu", overrides=[], workspace=str(tmp_path),
-                                            model=model, metrics=metrics)
+                                            launch=Launch().to_json(), model=model, metrics=metrics)
     got = calls["finetune_vocoder"]
     assert (got["adapters_dir"], got["vocoder_dir"], got["out_dir"]) == (adapters.path, vocoder.path, model.path)
     assert metrics.metadata["stage3.mel"] == 2.0
@@ -140,6 +144,25 @@ def test_register_tags_the_version_with_the_evaluation(tmp_path, record):
     # Only the metrics: not the backend's own keys, not the step's timing.
     assert calls["register"]["metrics"] == {"pesq": 2.5, "wer": 0.0}
     assert calls["register"]["lineage"] == LINEAGE
+
+
+def test_reject_dataset_fails_with_the_report_in_its_log(tmp_path, capsys):
+    report = backend_artifact(dsl.Markdown, tmp_path, "report", {"ok": False})
+    Path(report.path).write_text("# Dataset validation: FAIL\n\n- decode: clean/en/a.wav is not audio\n")
+    with pytest.raises(steps.InvalidDataset, match="failed validation"):
+        components.reject_dataset.python_func(report=report)
+    assert "clean/en/a.wav is not audio" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("state", ["SUCCEEDED", "FAILED"])
+def test_close_pipeline_run_passes_the_final_state(monkeypatch, state):
+    seen = []
+    monkeypatch.setattr(miipher2.lineage, "close_pipeline_run", lambda *args: seen.append(args))
+    status = dsl.PipelineTaskFinalStatus(state=state, pipeline_job_resource_name="runs/7", pipeline_task_name="run",
+                                         error_code=None if state == "SUCCEEDED" else 1,
+                                         error_message=None if state == "SUCCEEDED" else "Task run failed.")
+    components.close_pipeline_run.python_func(experiment="exp", kfp_run_id="run-7", status=status)
+    assert seen == [("exp", "run-7", state, "" if state == "SUCCEEDED" else "Task run failed.")]
 
 
 def test_lineage_missing_from_an_artifact_is_named(tmp_path):

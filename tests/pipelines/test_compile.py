@@ -1,4 +1,5 @@
-"""The compiled training pipeline: DAG, GPU and pool settings, Secrets, retries, caching, golden copy."""
+"""The compiled training pipeline: DAG, validation gate, exit handler, GPU and pool settings, CPU
+requests, Secrets, retries, caching, multi-GPU and multi-node stages, golden copy."""
 
 import os
 from pathlib import Path
@@ -7,13 +8,16 @@ import pytest
 import yaml
 
 from components._base import DEFAULT_IMAGE, IMAGE
+from miipher2.launch import Launch
+from pipelines.cluster import ClusterConfig
 from pipelines.run import compile_pipeline, normalised
 from pipelines.training import build_training_pipeline
 from tests.kfp_spec import all_tasks, executor_label
 
 GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "training.yaml"
-GPU_TASKS = {"train-pa", "pretrain-vocoder", "finetune-vocoder", "evaluate"}
-CPU_TASKS = {"validate-data", "register"}
+TRAINING_TASKS = {"train-pa", "pretrain-vocoder", "finetune-vocoder"}
+GPU_TASKS = TRAINING_TASKS | {"evaluate"}
+CPU_TASKS = {"validate-data", "register", "reject-dataset", "close-pipeline-run"}
 CANARIES = {"AWS_SECRET_ACCESS_KEY": "canary-s3-secret-7f3a", "AWS_ACCESS_KEY_ID": "CANARYKEYID7F3A",
             "MLFLOW_TRACKING_PASSWORD": "canary-mlflow-password-7f3a", "KFP_TOKEN": "canary-kfp-token-7f3a"}
 
@@ -57,17 +61,36 @@ def test_dag_edges(compiled):
 
 def test_everything_after_validation_is_gated_on_its_result(compiled):
     _, spec, _ = compiled
-    root = spec["root"]["dag"]["tasks"]
-    assert set(root) == {"validate-data", "condition-1"}
-    condition = root["condition-1"]
-    assert condition["dependentTasks"] == ["validate-data"]
-    assert condition["triggerPolicy"]["condition"] == \
-        "inputs.parameter_values['pipelinechannel--validate-data-Output'] == true"
-    gated = set(spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"])
-    assert gated == GPU_TASKS | {"register"}
+    tasks = all_tasks(spec)
+    branches = tasks["condition-branches-2"]
+    assert branches["dependentTasks"] == ["validate-data"]
+    gates = spec["components"][branches["componentRef"]["name"]]["dag"]["tasks"]
+    valid, invalid = (gates[name] for name in ("condition-3", "condition-4"))
+    assert valid["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--validate-data-Output'] == true"
+    assert invalid["triggerPolicy"]["condition"] == f"!({valid['triggerPolicy']['condition']})"
+    assert set(spec["components"][valid["componentRef"]["name"]]["dag"]["tasks"]) == GPU_TASKS | {"register"}
+    # The other branch fails the run with the validation report: CI sees red, nothing trains.
+    assert set(spec["components"][invalid["componentRef"]["name"]]["dag"]["tasks"]) == {"reject-dataset"}
+    assert tasks["reject-dataset"]["inputs"]["artifacts"]["report"] == {
+        "componentInputArtifact": "pipelinechannel--validate-data-report"}
     # The validation report is an output of the ungated step, so it exists whatever the outcome.
     outputs = spec["components"]["comp-validate-data"]["outputDefinitions"]["artifacts"]
     assert outputs["report"]["artifactType"]["schemaTitle"] == "system.Markdown"
+
+
+def test_an_exit_handler_closes_the_mlflow_parent_run_whatever_happened(compiled):
+    _, spec, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "close-pipeline-run"}
+    assert set(spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]) == {"validate-data", "condition-branches-2"}
+    closing = root["close-pipeline-run"]
+    assert closing["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # runs after failures too
+    assert closing["dependentTasks"] == ["exit-handler-1"]
+    parameters = closing["inputs"]["parameters"]
+    assert parameters["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    # The same run id the validate step tags the parent run with.
+    validate = all_tasks(spec)["validate-data"]["inputs"]["parameters"]
+    assert parameters["kfp_run_id"] == validate["kfp_run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
 
 
 def test_typed_artifacts_flow_between_steps(compiled):
@@ -99,12 +122,23 @@ def test_gpu_only_where_needed(compiled):
         assert "tolerations" not in platform[executor_label(spec, task)]
 
 
+def test_every_step_requests_cpu_and_memory_and_bounds_memory(compiled):
+    _, spec, _ = compiled
+    for task in GPU_TASKS | CPU_TASKS:
+        resources = _executor(spec, task)["container"]["resources"]
+        assert {"resourceCpuRequest", "resourceMemoryRequest", "resourceMemoryLimit"} <= set(resources), task
+    assert _executor(spec, "validate-data")["container"]["resources"]["resourceCpuRequest"] == ClusterConfig().cpu_request
+
+
 def test_workspace_volume_for_data_checkpoints_and_cache(compiled):
     _, spec, platform = compiled
     for task in GPU_TASKS | {"validate-data"}:
         mounts = platform[executor_label(spec, task)]["pvcMount"]
         assert [(m["constant"], m["mountPath"]) for m in mounts] == [("miipher2-workspace", "/workspace")]
-    assert spec["root"]["inputDefinitions"]["parameters"]["workspace"]["defaultValue"] == "/workspace"
+    # The steps' workspace is the mount path itself, not a run-time parameter that could differ.
+    assert "workspace" not in spec["root"]["inputDefinitions"]["parameters"]
+    for task in TRAINING_TASKS | {"validate-data"}:
+        assert all_tasks(spec)[task]["inputs"]["parameters"]["workspace"] == {"runtimeValue": {"constant": "/workspace"}}
 
 
 def test_credentials_only_from_secrets(compiled):
@@ -114,7 +148,11 @@ def test_credentials_only_from_secrets(compiled):
                    for e in s["keyToEnv"]}
         assert {("miipher2-s3", "AWS_ACCESS_KEY_ID", False), ("miipher2-s3", "AWS_SECRET_ACCESS_KEY", False),
                 ("miipher2-mlflow", "MLFLOW_TRACKING_PASSWORD", False),
-                ("miipher2-s3", "MLFLOW_S3_ENDPOINT_URL", True)} <= secrets, task
+                ("miipher2-s3", "MLFLOW_S3_ENDPOINT_URL", True), ("miipher2-s3", "AWS_ENDPOINT_URL", True),
+                ("miipher2-git", "MIIPHER2_GIT_TOKEN", True), ("miipher2-huggingface", "HF_TOKEN", True)} <= secrets, task
+        settings = {(m["configMapName"], e["envVar"]) for m in platform[executor_label(spec, task)]["configMapAsEnv"]
+                    for e in m["keyToEnv"]}
+        assert {("miipher2-settings", "MIIPHER2_DVC_REMOTE_URL"), ("miipher2-settings", "HF_HOME")} <= settings, task
     # No credential is a pipeline parameter, and no credential value is anywhere in the spec.
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert not [p for p in params if any(word in p.lower() for word in ("secret", "password", "token", "key"))]
@@ -131,6 +169,41 @@ def test_retries_on_gpu_steps_only(compiled):
         assert tasks[task]["retryPolicy"]["maxRetryCount"] == 3, task
     for task in CPU_TASKS:
         assert "retryPolicy" not in tasks[task], task
+
+
+def _launch(spec, task) -> Launch:
+    return Launch.from_json(all_tasks(spec)[task]["inputs"]["parameters"]["launch"]["runtimeValue"]["constant"])
+
+
+def test_one_gpu_one_process_per_training_step_by_default(compiled):
+    _, spec, _ = compiled
+    for task in TRAINING_TASKS:
+        assert _launch(spec, task) == Launch(processes=1, nodes=1), task
+
+
+def test_gpus_per_step_runs_that_many_processes_in_the_pod(tmp_path):
+    text = compile_pipeline(build_training_pipeline(ClusterConfig(gpus_per_step=4)), tmp_path / "t.yaml").read_text()
+    spec, _ = yaml.safe_load_all(text)
+    for task in TRAINING_TASKS:
+        assert _launch(spec, task) == Launch(processes=4), task
+        assert _executor(spec, task)["container"]["resources"]["accelerator"]["resourceCount"] == "4", task
+    assert _executor(spec, "evaluate")["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+
+
+def test_a_multi_node_stage_launches_a_pytorchjob_from_a_cpu_pod(tmp_path):
+    cluster = ClusterConfig(gpus_per_step=8, stage_nodes={"train_pa": 4})
+    text = compile_pipeline(build_training_pipeline(cluster), tmp_path / "t.yaml").read_text()
+    spec, platform = yaml.safe_load_all(text)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    launch = _launch(spec, "train-pa")
+    assert (launch.processes, launch.nodes) == (8, 4)
+    assert launch.job["image"] == IMAGE and launch.job["workspace_pvc"] == cluster.workspace_pvc
+    assert "gpus_per_node" not in launch.job  # it is the launch's `processes`
+    resources = _executor(spec, "train-pa")["container"]["resources"]
+    assert "accelerator" not in resources and resources["resourceCpuRequest"] == cluster.cpu_request
+    assert "tolerations" not in executors[executor_label(spec, "train-pa")]
+    assert all_tasks(spec)["train-pa"]["retryPolicy"]["maxRetryCount"] == 3  # a retry follows the same job
+    assert _launch(spec, "pretrain-vocoder") == Launch(processes=8)  # other stages stay in their pod
 
 
 def test_no_step_can_be_served_from_cache(compiled):

@@ -1,12 +1,14 @@
 """Lineage helpers: tags, git commit, and the parent/child MLflow runs of one pipeline run."""
 
+import dataclasses
 import subprocess
 
 import pytest
 
-from miipher2.lineage import GIT_COMMIT_ENV, Lineage, git_commit, start_pipeline_run, step_run
 from miipher2.data.versioning import shown_repo
+from miipher2.lineage import GIT_COMMIT_ENV, Lineage, close_pipeline_run, git_commit, start_pipeline_run, step_run
 from miipher2.steps import _safe_name
+
 
 @pytest.fixture(autouse=True)
 def _restore_mlflow_tracking_uri(monkeypatch):
@@ -64,6 +66,31 @@ def test_parent_and_child_runs_share_the_lineage(tmp_path, monkeypatch):
     assert [c.data.tags["pipeline_step"] for c in children] == ["train_pa"]
     for run in (parent_run, children[0]):
         assert {k: run.data.tags[k] for k in LINEAGE.tags()} == LINEAGE.tags()
+
+
+@pytest.mark.parametrize("state, status", [("FAILED", "FAILED"), ("SUCCEEDED", "FINISHED"), ("CANCELED", "KILLED")])
+def test_the_exit_handler_ends_the_parent_run_with_the_pipelines_state(tmp_path, monkeypatch, state, status):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    lineage = start_pipeline_run(LINEAGE, "training run-1")
+    other = start_pipeline_run(dataclasses.replace(LINEAGE, kfp_run_id="run-2"), "training run-2")
+    client = mlflow.MlflowClient()
+    assert client.get_run(lineage.parent_run_id).info.status == "FINISHED"  # closed right after it opened
+
+    error = "" if state == "SUCCEEDED" else "Task exit-handler-1 failed."
+    assert close_pipeline_run("lineage-test", "run-1", state, error) == lineage.parent_run_id
+    parent = client.get_run(lineage.parent_run_id)
+    assert parent.info.status == status and parent.data.tags["pipeline_state"] == state
+    assert parent.data.tags.get("pipeline_error", "") == error
+    assert client.get_run(other.parent_run_id).info.status == "FINISHED"  # another run's parent is untouched
+
+
+def test_closing_without_tracking_or_without_a_parent_run_is_a_no_op(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert close_pipeline_run("lineage-test", "run-1", "FAILED") is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert close_pipeline_run("no-such-experiment", "run-1", "FAILED") is None  # failed before validation
 
 
 def test_untracked_runs_still_work(monkeypatch):
