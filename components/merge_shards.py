@@ -1,13 +1,13 @@
 """Restoration step 3: the restored-corpus manifest and its summary, from every shard's result."""
 
-from kfp.dsl import Artifact, Dataset, Markdown, Metrics, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from components._base import component
 
 
 @component
 def merge_shards(
-    output_dir: str,
+    plan: Input[Artifact],
     restored_manifest: Output[Dataset],
     summary: Output[Markdown],
     summary_json: Output[Artifact],
@@ -17,6 +17,7 @@ def merge_shards(
 
     from miipher2.corpus import Layout, merge_shards
 
+    output_dir = plan.metadata["output_dir"]
     result = merge_shards(output_dir)
     layout = Layout(output_dir)
     shutil.copyfile(result.output_manifest, restored_manifest.path)

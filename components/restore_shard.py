@@ -1,13 +1,13 @@
 """Restoration step 2 (one pod per shard): restore and score what is not done yet."""
 
-from kfp.dsl import Metrics, Output
+from kfp.dsl import Artifact, Input, Metrics, Output
 
 from components._base import component
 
 
 @component
 def restore_shard(
-    output_dir: str,
+    plan: Input[Artifact],
     shard: int,
     batch_size: int,
     workers: int,
@@ -18,7 +18,7 @@ def restore_shard(
     from miipher2.corpus import restore_shard as restore
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = restore(output_dir, shard, batch_size=batch_size, workers=workers)
+    result = restore(plan.metadata["output_dir"], shard, batch_size=batch_size, workers=workers)
     metrics.log_metric("restored", result.restored)
     metrics.log_metric("reused", result.reused)
     metrics.log_metric("failed", len(result.failed))

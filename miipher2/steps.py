@@ -31,7 +31,6 @@ from miipher2.launch import EXIT_INTERRUPTED, Launch
 from miipher2.lineage import Lineage, git_commit, start_pipeline_run, step_run
 from miipher2.reuse import ORIGIN_FILE, RESULT_FILE
 
-_SAFE_CHARS = "-_."
 # Keys a KFP backend adds to the metadata of every artifact it records (its driver's
 # RecordArtifact, backend/src/v2/metadata/client.go): they are not ours and not metrics.
 KFP_ARTIFACT_KEYS = frozenset({"display_name", "store_session_info"})
@@ -345,16 +344,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _label(text: str) -> str:
     """A Kubernetes label value made of `text` (63 characters, alphanumerics at both ends)."""
-    return _safe_name(text)[:63].strip("-_.")
+    from miipher2.data.paths import path_component
+
+    return path_component(text)[:63].strip("-_.")
 
 
 def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _safe_name(text: str) -> str:
-    """A path component made of `text` (KFP run ids, DVC hashes): nothing that can escape a directory."""
-    cleaned = "".join(c if c.isalnum() or c in _SAFE_CHARS else "_" for c in text).strip(".")
-    if not cleaned:
-        raise ValueError(f"cannot make a directory name out of {text!r}")
-    return cleaned

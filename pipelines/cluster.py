@@ -18,6 +18,7 @@ from miipher2.launch.pytorchjob import JobSettings
 
 MIN_KFP_BACKEND = (2, 15)
 TRAINING_STEPS = ("train_pa", "pretrain_vocoder", "finetune_vocoder")
+LOCAL_WORKSPACE = "/tmp/miipher2-workspace"  # the steps' shared folder when a pipeline is built without a cluster
 
 
 @dataclass(frozen=True)

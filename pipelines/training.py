@@ -30,11 +30,10 @@ from kfp import dsl
 from components import (close_pipeline_run, evaluate, finetune_vocoder, pretrain_vocoder, register, reject_dataset,
                         train_pa, validate_data)
 from miipher2.launch import Launch
-from pipelines.cluster import (TRAINING_STEPS, ClusterConfig, on_cpu, on_gpu, with_credentials, with_retries,
-                               with_workspace)
+from pipelines.cluster import (LOCAL_WORKSPACE, TRAINING_STEPS, ClusterConfig, on_cpu, on_gpu, with_credentials,
+                               with_retries, with_workspace)
 
 PIPELINE_NAME = "miipher2-training"
-LOCAL_WORKSPACE = "/tmp/miipher2-workspace"  # only for `build_training_pipeline(None)`
 
 
 def build_training_pipeline(cluster: Optional[ClusterConfig] = ClusterConfig(), workspace: str = LOCAL_WORKSPACE):

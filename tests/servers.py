@@ -83,3 +83,69 @@ def private_git_server(repo_dir: Path, username: str, token: str) -> Iterator[st
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def fake_hub(files: dict[str, bytes], repo_id: str, token: str | None = None) -> Iterator[tuple[str, list[str]]]:
+    """A Hugging Face Hub on 127.0.0.1 serving one model repository (`files`, at one commit) through
+    the endpoints `huggingface_hub.snapshot_download` uses: revision info, tree listing, and
+    HEAD/GET of resolved files. With `token`, it answers 401 to requests without that bearer token
+    (a gated model). Yields (endpoint for HF_ENDPOINT, request log "METHOD path")."""
+    import hashlib
+    import http.server
+    import json
+    import threading
+
+    commit = hashlib.sha1(b"".join(sorted(files.values()))).hexdigest()
+    blobs = {name: hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() for name, data in files.items()}
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, body: bytes = b"", headers: dict | None = None, status: int = 200, send_body: bool = True):
+            self.send_response(status)
+            for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+
+        def _route(self, send_body: bool) -> None:
+            path = self.path.split("?", 1)[0]
+            seen.append(f"{self.command} {path}")
+            if token and self.headers.get("Authorization") != f"Bearer {token}":
+                self._answer(b'{"error": "Access to model is restricted"}', {"X-Error-Code": "GatedRepo"}, 401,
+                             send_body)
+                return
+            if path.startswith(f"/api/models/{repo_id}/revision/"):
+                info = {"id": repo_id, "sha": commit, "siblings": [{"rfilename": name} for name in files]}
+                self._answer(json.dumps(info).encode(), {"Content-Type": "application/json"}, send_body=send_body)
+            elif path.startswith(f"/api/models/{repo_id}/tree/"):
+                tree = [{"type": "file", "path": name, "size": len(data), "oid": blobs[name]}
+                        for name, data in files.items()]
+                self._answer(json.dumps(tree).encode(), {"Content-Type": "application/json"}, send_body=send_body)
+            elif path.startswith(f"/{repo_id}/resolve/"):
+                name = path.split("/resolve/", 1)[1].split("/", 1)[1]
+                if name not in files:
+                    self._answer(b"", {"X-Error-Code": "EntryNotFound"}, 404, send_body)
+                    return
+                self._answer(files[name], {"X-Repo-Commit": commit, "ETag": f'"{blobs[name]}"'}, send_body=send_body)
+            else:
+                self._answer(b"", {}, 404, send_body)
+
+        def do_GET(self):  # noqa: N802 — the http.server API
+            self._route(send_body=True)
+
+        def do_HEAD(self):  # noqa: N802
+            self._route(send_body=False)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", seen
+    finally:
+        server.shutdown()
+        server.server_close()

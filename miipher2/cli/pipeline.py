@@ -36,17 +36,7 @@ def register(subparsers) -> None:
     compile_.set_defaults(func=_compile)
 
     submit = actions.add_parser("submit", help="start a run on a Kubeflow Pipelines endpoint")
-    submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
-    submit.add_argument("--token", default=None,
-                        help="bearer token for the KFP API (default: $KFP_TOKEN; prefer the variable, "
-                             "command lines are visible to other users)")
-    submit.add_argument("--kfp-experiment", default=None, help="KFP experiment to file the run under")
-    submit.add_argument("--run-name", default=None)
-    submit.add_argument("--namespace", default=None,
-                        help="namespace (Kubeflow profile) to run in; it must hold the workspace PVC and Secrets "
-                             "(infra/k8s: miipher2)")
-    submit.add_argument("--service-account", default=None,
-                        help="service account of the run's pods (infra/k8s: miipher2-pipeline; default: KFP's)")
+    add_submit_arguments(submit)
     _add_pipeline_parameters(submit, local=False)
     submit.set_defaults(func=_submit)
 
@@ -58,6 +48,36 @@ def register(subparsers) -> None:
                      help="training processes per stage (torchrun; gloo on CPU), as gpus_per_step does on a cluster")
     _add_pipeline_parameters(run, local=True)
     run.set_defaults(func=_run_local)
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where and how `submit` starts a run (shared by both pipelines' command lines)."""
+    parser.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+    parser.add_argument("--token", default=None,
+                        help="bearer token for the KFP API (default: $KFP_TOKEN; prefer the variable, "
+                             "command lines are visible to other users)")
+    parser.add_argument("--kfp-experiment", default=None, help="KFP experiment to file the run under")
+    parser.add_argument("--run-name", default=None)
+    parser.add_argument("--namespace", default=None,
+                        help="namespace (Kubeflow profile) to run in; it must hold the workspace PVC and Secrets "
+                             "(infra/k8s: miipher2)")
+    parser.add_argument("--service-account", default=None,
+                        help="service account of the run's pods (infra/k8s: miipher2-pipeline; default: KFP's)")
+
+
+def submit_from_arguments(args: argparse.Namespace, pipeline_func, params: dict) -> int:
+    """Submit `pipeline_func` with `params` as `add_submit_arguments` describes; prints the run id."""
+    from pipelines.run import BackendTooOld, submit
+
+    token = args.token or os.environ.get("KFP_TOKEN") or None
+    try:
+        run_id = submit(args.host, pipeline_func, params, token=token, experiment=args.kfp_experiment,
+                        run_name=args.run_name, namespace=args.namespace, service_account=args.service_account)
+    except BackendTooOld as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"submitted run {run_id} to {args.host}")
+    return 0
 
 
 def _add_pipeline_parameters(parser: argparse.ArgumentParser, local: bool) -> None:
@@ -98,19 +118,9 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipelines.run import BackendTooOld, submit
     from pipelines.training import training_pipeline
 
-    token = args.token or os.environ.get("KFP_TOKEN") or None
-    try:
-        run_id = submit(args.host, training_pipeline, _pipeline_params(args), token=token,
-                        experiment=args.kfp_experiment, run_name=args.run_name, namespace=args.namespace,
-                        service_account=args.service_account)
-    except BackendTooOld as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"submitted run {run_id} to {args.host}")
-    return 0
+    return submit_from_arguments(args, training_pipeline, _pipeline_params(args))
 
 
 def _run_local(args: argparse.Namespace) -> int:

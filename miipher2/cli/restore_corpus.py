@@ -15,9 +15,10 @@ listed in the summary), 2 the run could not start (bad manifest, model or usage)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from miipher2.cli.pipeline import add_submit_arguments
 
 
 def register(subparsers) -> None:
@@ -38,6 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-score", action="store_true", help="skip DNSMOS scoring")
+    parser.add_argument("--replace-plan", action="store_true",
+                        help="replace an unfinished plan of other inputs in OUTDIR (refused otherwise: another "
+                             "run may still be restoring it)")
     parser.set_defaults(func=run_restore_corpus)
 
     pipeline = subparsers.add_parser("restoration-pipeline", help="compile, submit or locally run the KFP restoration pipeline",
@@ -51,16 +55,15 @@ def register(subparsers) -> None:
     compile_.set_defaults(func=_compile)
 
     submit = actions.add_parser("submit", help="start a run on a Kubeflow Pipelines endpoint")
-    submit.add_argument("--host", required=True, help="KFP API endpoint")
-    submit.add_argument("--token", default=None, help="bearer token (default: $KFP_TOKEN; prefer the variable)")
-    submit.add_argument("--kfp-experiment", default=None)
-    submit.add_argument("--run-name", default=None)
+    add_submit_arguments(submit)
     _add_pipeline_parameters(submit)
     submit.set_defaults(func=_submit)
 
     run = actions.add_parser("run", help="run the pipeline on this machine (KFP local runner)")
     run.add_argument("--local", action="store_true", required=True, help="required: KFP's local SubprocessRunner")
     run.add_argument("--pipeline-root", type=Path, default=Path("outputs/kfp"), help="KFP local run folders (default: %(default)s)")
+    run.add_argument("--workspace", type=Path, default=Path("outputs/workspace"),
+                     help="the steps' shared folder, as the workspace volume is on a cluster (default: %(default)s)")
     _add_pipeline_parameters(run)
     run.set_defaults(func=_run_local)
 
@@ -80,7 +83,9 @@ def _add_pipeline_parameters(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("pipeline parameters")
     group.add_argument("--manifest", required=True, help="manifest CSV as the pods see it: s3://bucket/key or a path")
     group.add_argument("--model", default="models:/miipher2@champion", help="model (default: %(default)s)")
-    group.add_argument("--output-dir", default=None, help="output folder as the pods see it (default: <workspace>/restored)")
+    group.add_argument("--output-dir", default=None,
+                       help="output folder inside the workspace, relative to it or absolute as the pods see it "
+                            "(default: <workspace>/restored/<corpus>/<run id>)")
     _add_work_options(group)
 
 
@@ -101,7 +106,7 @@ def run_restore_corpus(args: argparse.Namespace) -> int:
         settings = Settings(args.chunk_seconds, args.overlap_seconds, args.output_format)
         run = restore_corpus(args.manifest, args.model, args.output_dir, shards=args.shards, shard_index=args.shard_index,
                              batch_size=args.batch_size, workers=args.workers, device=args.device,
-                             score=not args.no_score, settings=settings)
+                             score=not args.no_score, settings=settings, replace_plan=args.replace_plan)
     except (OSError, ValueError, RuntimeError) as err:  # RegistryError is a RuntimeError
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -141,29 +146,25 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    from miipher2.cli.pipeline import submit_from_arguments
     from pipelines.restoration import restoration_pipeline
-    from pipelines.run import submit
 
-    token = args.token or os.environ.get("KFP_TOKEN") or None
-    run_id = submit(args.host, restoration_pipeline, _pipeline_params(args), token=token,
-                    experiment=args.kfp_experiment, run_name=args.run_name)
-    print(f"submitted run {run_id} to {args.host}")
-    return 0
+    return submit_from_arguments(args, restoration_pipeline, _pipeline_params(args))
 
 
 def _run_local(args: argparse.Namespace) -> int:
     from pipelines.restoration import run_restoration_locally
 
     params = _pipeline_params(args)
-    params["output_dir"] = str(Path(args.output_dir or "outputs/restored").absolute())
     if not params["manifest"].startswith("s3://"):
         params["manifest"] = str(Path(params["manifest"]).absolute())
     if not params["model"].startswith("models:/"):
         params["model"] = str(Path(params["model"]).absolute())
-    run_dir, outputs, wall = run_restoration_locally(params, args.pipeline_root)
+    run_dir, outputs, wall = run_restoration_locally(params, args.pipeline_root, args.workspace)
     print(f"pipeline run folder: {run_dir} ({wall:.0f} s)")
     if "merge-shards" not in outputs:
         print("the pipeline failed before the merge; see the step logs above", file=sys.stderr)
         return 1
-    print(f"summary: {Path(params['output_dir']) / 'summary.md'}")
+    output_dir = outputs["plan-shards"]["artifacts"]["plan"]["artifacts"][0]["metadata"]["output_dir"]
+    print(f"summary: {Path(output_dir) / 'summary.md'}")
     return 0

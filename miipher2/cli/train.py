@@ -24,6 +24,8 @@ same command again to continue).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -161,15 +163,17 @@ def config_differences(recorded_file: Path, config) -> list[str]:
             if recorded.get(key) != now.get(key)]
 
 
+@contextlib.contextmanager
 def _launcher_run(args):
     """The MLflow run named by --mlflow-run-id, opened on the main process (None: the stage opens its own)."""
-    import contextlib
-
     if not args.mlflow_run_id or not _is_main():
-        return contextlib.nullcontext(None)
+        yield None
+        return
     from miipher2.tracking import tracked_run
 
-    return tracked_run(args.stage, run_id=args.mlflow_run_id, system_metrics=False)
+    with tracked_run(args.stage, run_id=args.mlflow_run_id, system_metrics=False) as tracker:
+        tracker.log_params({"world_size": int(os.environ.get("WORLD_SIZE", 1))})
+        yield tracker
 
 
 def _export(args) -> int:
@@ -205,6 +209,4 @@ def _make_backbone(args) -> int:
 
 
 def _is_main() -> bool:
-    import os
-
     return int(os.environ.get("RANK", 0)) == 0

@@ -10,11 +10,12 @@ layout and what makes a file "done" are described in `miipher2.corpus.records`.
 
 from miipher2.corpus.merge import IncompleteCorpusError, Summary, distribution, merge_shards
 from miipher2.corpus.models import ModelRef, resolve_model
-from miipher2.corpus.plan import Plan, Settings, assign_shards, load_plan, plan_corpus
+from miipher2.corpus.plan import (Plan, PlanConflict, Settings, assign_shards, load_plan, plan_corpus,
+                                  run_output_dir)
 from miipher2.corpus.records import Layout
 from miipher2.corpus.run import CorpusRun, restore_corpus
 from miipher2.corpus.shard import ShardResult, model_loader, restore_shard
 
-__all__ = ["CorpusRun", "IncompleteCorpusError", "Layout", "ModelRef", "Plan", "Settings", "ShardResult", "Summary",
-           "assign_shards", "distribution", "load_plan", "merge_shards", "model_loader", "plan_corpus",
-           "resolve_model", "restore_corpus", "restore_shard"]
+__all__ = ["CorpusRun", "IncompleteCorpusError", "Layout", "ModelRef", "Plan", "PlanConflict", "Settings",
+           "ShardResult", "Summary", "assign_shards", "distribution", "load_plan", "merge_shards", "model_loader",
+           "plan_corpus", "resolve_model", "restore_corpus", "restore_shard", "run_output_dir"]

@@ -8,6 +8,12 @@ the manifest's rows, where the audio lives, the pinned model, the inference sett
 Planning again with the same manifest bytes, model, settings and shard count gives the same
 `plan_id` and leaves existing shard results in place (a rerun resumes); any change gives a new
 plan whose shards will be restored again, file by file, by their done-records.
+
+One output folder holds one plan at a time. A different plan replaces it only once it is
+finished (merged) or when asked to (`replace=True`): a second run pointed at a folder whose
+corpus is still being restored is refused (`PlanConflict`) instead of swapping the plan under
+the first run's shards, and planning itself happens under a lock. A pipeline run writes to its
+own folder by default (`run_output_dir`: per corpus, per run), so runs do not meet at all.
 """
 
 from __future__ import annotations
@@ -16,20 +22,28 @@ import hashlib
 import heapq
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
 from miipher2.corpus.models import ModelRef, resolve_model
 from miipher2.corpus.records import Layout, recipe_fingerprint, write_json
 from miipher2.corpus.sources import load_manifest, open_store
-from miipher2.data.manifest import read_manifest, write_manifest
-from miipher2.data.paths import UnsafePathError
+from miipher2.data.manifest import MANIFEST_DIR, read_manifest, write_manifest
+from miipher2.data.paths import UnsafePathError, path_component
+from miipher2.locking import LockHeld, exclusive_lock
 from miipher2.model.restore_files import OUTPUT_FORMATS
 
 PLAN_FORMAT = "miipher2-restoration-plan/1"
 ROW_COLUMN = "row"  # position in the input manifest: keeps the merged manifest in input order
+RESTORED_DIR = "restored"
+
+
+class PlanConflict(ValueError):
+    """The output folder holds another, unfinished plan (or is being planned right now)."""
 
 
 @dataclass
@@ -92,8 +106,26 @@ def assign_shards(durations: Sequence[float], keys: Sequence[str], shards: int) 
     return assignment
 
 
-def plan_corpus(manifest_uri: str, model: str | ModelRef, out_dir, shards: int, settings: Settings | None = None) -> Plan:
-    """Read the manifest, pin the model, assign rows to shards and write the plan under `out_dir`."""
+def run_output_dir(workspace, manifest_uri: str, run_id: str, output_dir: str = "") -> Path:
+    """Where a pipeline run restores to: `output_dir` (a relative one inside the workspace), by
+    default `<workspace>/restored/<corpus>/<run id>`, so that runs of one corpus never share it.
+
+    A folder outside the workspace is refused: in a pod it would vanish with the pod."""
+    workspace = Path(workspace).absolute()
+    if not output_dir:
+        return workspace / RESTORED_DIR / _corpus_name(manifest_uri) / path_component(run_id)
+    target = Path(os.path.normpath(workspace / output_dir))  # an absolute output_dir replaces the workspace
+    if target != workspace and workspace not in target.parents:
+        raise ValueError(f"output folder {output_dir!r} is outside the workspace {workspace}: the shard pods "
+                         "share only the workspace volume, anything else is lost with its pod")
+    return target
+
+
+def plan_corpus(manifest_uri: str, model: str | ModelRef, out_dir, shards: int, settings: Settings | None = None,
+                *, replace: bool = False) -> Plan:
+    """Read the manifest, pin the model, assign rows to shards and write the plan under `out_dir`.
+
+    Raises `PlanConflict` when `out_dir` holds another plan that is not finished yet, unless `replace`."""
     settings = settings or Settings()
     manifest = load_manifest(manifest_uri)
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
@@ -113,11 +145,37 @@ def plan_corpus(manifest_uri: str, model: str | ModelRef, out_dir, shards: int, 
         shard_seconds=[round(sum(d for d, a in zip(durations, assignment) if a == s and d > 0), 3) for s in range(shards)],
         rejected=rejected)
     layout = Layout(out_dir)
-    # Rows first, plan last: a plan on disk always has all its shard files.
-    for shard in range(shards):
-        write_manifest(usable[[a == shard for a in assignment]], layout.shard_rows(shard))
-    write_json(layout.plan, plan.to_dict())
+    try:
+        with exclusive_lock(layout.state / ".plan.lock", wait=False):
+            _refuse_unfinished_other_plan(layout, plan, replace)
+            # Rows first, plan last: a plan on disk always has all its shard files.
+            for shard in range(shards):
+                write_manifest(usable[[a == shard for a in assignment]], layout.shard_rows(shard))
+            write_json(layout.plan, plan.to_dict())
+    except LockHeld as err:
+        raise PlanConflict(f"{layout.root} is being planned by another process right now ({err})") from err
     return plan
+
+
+def _refuse_unfinished_other_plan(layout: Layout, plan: Plan, replace: bool) -> None:
+    if replace or not layout.plan.is_file():
+        return
+    try:
+        current = json.loads(layout.plan.read_text())
+    except (OSError, ValueError):
+        return  # an unreadable plan belongs to nobody
+    if current.get("plan_id") == plan.plan_id:
+        return  # the same work: a rerun resumes it
+    try:
+        finished = json.loads(layout.summary_json.read_text()).get("plan_id") == current.get("plan_id")
+    except (OSError, ValueError):
+        finished = False
+    if not finished:
+        raise PlanConflict(
+            f"{layout.root} holds plan {current.get('plan_id')} ({current.get('manifest')} with "
+            f"{current.get('model', {}).get('uri')}, {current.get('shards')} shard(s)), which is not finished: "
+            "another run may still be restoring it. Use another output folder, or replace that plan on "
+            "purpose (restore-corpus --replace-plan)")
 
 
 def load_plan(out_dir) -> Plan:
@@ -154,6 +212,13 @@ def _usable_rows(frame: pd.DataFrame, manifest) -> tuple[pd.DataFrame, list[dict
         claimed[key] = relative
         keep.append(index)
     return frame.loc[keep].reset_index(drop=True), rejected
+
+
+def _corpus_name(manifest_uri: str) -> str:
+    """`<corpus folder>-<manifest stem>`, e.g. s3://b/libritts/manifests/train.csv -> libritts-train."""
+    path = PurePosixPath(manifest_uri.removeprefix("s3://"))
+    parent = path.parent.parent if path.parent.name == MANIFEST_DIR else path.parent
+    return path_component(f"{parent.name}-{path.stem}" if parent.name else path.stem)
 
 
 def _duration(value) -> float:

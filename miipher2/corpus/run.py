@@ -28,10 +28,12 @@ class CorpusRun:
 
 def restore_corpus(manifest: str, model: str, out_dir, *, shards: int = 1, shard_index: int | None = None,
                    batch_size: int = 8, workers: int = 2, device: str | None = None, score: bool = True,
-                   settings: Settings | None = None) -> CorpusRun:
-    """Plan `manifest` into `shards`, restore them all (or only `shard_index`), merge when complete."""
+                   settings: Settings | None = None, replace_plan: bool = False) -> CorpusRun:
+    """Plan `manifest` into `shards`, restore them all (or only `shard_index`), merge when complete.
+
+    `replace_plan`: replace an unfinished plan of other inputs in `out_dir` (see `plan_corpus`)."""
     out_dir = Path(out_dir).absolute()
-    plan = plan_corpus(manifest, model, out_dir, shards, settings)
+    plan = plan_corpus(manifest, model, out_dir, shards, settings, replace=replace_plan)
     if shard_index is not None and not 0 <= shard_index < shards:
         raise ValueError(f"--shard-index must be in 0..{shards - 1}, got {shard_index}")
     run = CorpusRun(plan)

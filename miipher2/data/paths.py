@@ -27,3 +27,12 @@ def resolve_inside(root: str | Path, relative: str) -> Path:
     if not target.is_relative_to(root):
         raise UnsafePathError(f"path {relative!r} resolves outside the dataset root {root} (symlink?)")
     return target
+
+
+def path_component(text: str) -> str:
+    """One path component made of `text` (a run id, a corpus name): nothing that can escape a folder."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip(".")
+    if not cleaned:
+        raise ValueError(f"cannot make a folder name out of {text!r}")
+    return cleaned
+

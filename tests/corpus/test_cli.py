@@ -81,24 +81,32 @@ def test_manifest_and_audio_on_s3(tmp_path, model_dir, s3, capsys):
 def test_pipeline_submit_passes_parameters_and_keeps_the_token_out_of_them(monkeypatch, capsys):
     import kfp
 
-    calls = {}
-
-    class FakeClient:
-        def __init__(self, host, existing_token=None):
-            calls["client"] = (host, existing_token)
-
-        def create_run_from_pipeline_func(self, func, arguments, run_name, experiment_name, enable_caching):
-            calls["run"] = (func.name, arguments, enable_caching)
-            return type("Run", (), {"run_id": "run-42"})()
+    from tests.pipelines.test_cli import FakeClient
 
     monkeypatch.setattr(kfp, "Client", FakeClient)
     monkeypatch.setenv("KFP_TOKEN", "secret-token-9")
+    FakeClient.created.clear()
     code = main(["restoration-pipeline", "submit", "--host", "https://kfp.example.com", "--manifest",
-                 "s3://corpora/x/manifests/train.csv", "--shards", "16"])
-    assert code == 0 and "submitted run run-42" in capsys.readouterr().out
-    assert calls["client"] == ("https://kfp.example.com", "secret-token-9")
-    name, arguments, caching = calls["run"]
-    assert name == "miipher2-restoration" and caching is False
+                 "s3://corpora/x/manifests/train.csv", "--shards", "16", "--namespace", "miipher2",
+                 "--service-account", "miipher2-pipeline"])
+    assert code == 0 and "submitted run run-123" in capsys.readouterr().out
+    [created] = FakeClient.created
+    assert (created["host"], created["token"]) == ("https://kfp.example.com", "secret-token-9")
+    assert created["pipeline"] == "miipher2-restoration" and created["caching"] is False
+    assert (created["namespace"], created["service_account"]) == ("miipher2", "miipher2-pipeline")
+    arguments = created["arguments"]
     assert arguments["manifest"] == "s3://corpora/x/manifests/train.csv" and arguments["shards"] == 16
     assert arguments["model"] == "models:/miipher2@champion"
+    assert "output_dir" not in arguments  # the default: a folder of its own on the workspace
     assert "secret-token-9" not in str(arguments)
+
+
+def test_restore_corpus_refuses_an_unfinished_plan_unless_told(tmp_path, model_dir, capsys):
+    manifest = build_corpus(tmp_path / "data")
+    from miipher2.corpus import plan_corpus
+
+    plan_corpus(manifest, str(model_dir), tmp_path / "out", 3)  # another run's, never restored
+    args = ["restore-corpus", manifest, "--model", str(model_dir), "-o", str(tmp_path / "out"), "--no-score"]
+    assert main(args) == 2
+    assert "not finished" in capsys.readouterr().err
+    assert main(args + ["--replace-plan"]) == 0

@@ -37,11 +37,12 @@ def test_local_pipeline_run_with_registered_model_then_cli_resumes(tmp_path, reg
     alias_uri, version = registered
     manifest = build_corpus(tmp_path / "data", extra_rows=[{"utt_id": "bad", "path": "clean/en/spk/bad.wav"}])
     (tmp_path / "data" / "clean/en/spk/bad.wav").write_bytes(b"not audio at all")
-    out = tmp_path / "restored"
+    out = tmp_path / "workspace" / "restored" / "test-corpus"
     print_before = builtins.print
     run_dir, outputs, _ = run_restoration_locally(
-        {"manifest": manifest, "model": alias_uri, "output_dir": str(out), "shards": 2, "batch_size": 2, "workers": 2},
-        tmp_path / "kfp")
+        {"manifest": manifest, "model": alias_uri, "output_dir": "restored/test-corpus", "shards": 2, "batch_size": 2,
+         "workers": 2},
+        tmp_path / "kfp", tmp_path / "workspace")
     assert builtins.print is print_before, "KFP's indenting print outlived the local run"
 
     assert {"plan-shards", "merge-shards"} <= set(outputs), sorted(outputs)

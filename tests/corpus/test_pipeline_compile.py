@@ -41,7 +41,11 @@ def test_plan_fans_out_over_shards_then_merges(compiled):
     assert set(body) == {"restore-shard"}
     shard_input = body["restore-shard"]["inputs"]["parameters"]["shard"]
     assert shard_input["componentInputParameter"] == "pipelinechannel--plan-shards-Output-loop-item"
-    assert root["merge-shards"]["dependentTasks"] == ["for-loop-1"]  # after every shard
+    assert sorted(root["merge-shards"]["dependentTasks"]) == ["for-loop-1", "plan-shards"]  # after every shard
+    # Shards and merge find the run's folder through the plan artifact, not a parameter of their own.
+    assert body["restore-shard"]["inputs"]["artifacts"]["plan"] == {
+        "componentInputArtifact": "pipelinechannel--plan-shards-plan"}
+    assert root["merge-shards"]["inputs"]["artifacts"]["plan"]["taskOutputArtifact"]["producerTask"] == "plan-shards"
     outputs = spec["components"]["comp-merge-shards"]["outputDefinitions"]["artifacts"]
     assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
         "restored_manifest": "system.Dataset", "summary": "system.Markdown", "summary_json": "system.Artifact",
@@ -58,14 +62,20 @@ def test_gpu_only_on_the_shard_step_with_retries(compiled):
     assert shard["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
     assert all_tasks(spec)["restore-shard"]["retryPolicy"]["maxRetryCount"] == 3
     for task in ("plan-shards", "merge-shards"):
-        assert "accelerator" not in executors[executor_label(spec, task)]["container"].get("resources", {}), task
+        resources = executors[executor_label(spec, task)]["container"].get("resources", {})
+        assert "accelerator" not in resources, task
+        assert {"resourceCpuRequest", "resourceMemoryRequest", "resourceMemoryLimit"} <= set(resources), task
         assert "tolerations" not in platform[executor_label(spec, task)], task
         assert "retryPolicy" not in all_tasks(spec)[task]
     for task in ("plan-shards", "restore-shard", "merge-shards"):  # the resumable state lives on the workspace
         mounts = platform[executor_label(spec, task)]["pvcMount"]
         assert [(m["constant"], m["mountPath"]) for m in mounts] == [("miipher2-workspace", "/workspace")]
         assert not all_tasks(spec)[task].get("cachingOptions", {}).get("enableCache"), task
-    assert spec["root"]["inputDefinitions"]["parameters"]["output_dir"]["defaultValue"] == "/workspace/restored"
+    # Default: a folder of the run's own on the workspace (<workspace>/restored/<corpus>/<run id>).
+    assert spec["root"]["inputDefinitions"]["parameters"]["output_dir"]["defaultValue"] == ""
+    planned = all_tasks(spec)["plan-shards"]["inputs"]["parameters"]
+    assert planned["workspace"] == {"runtimeValue": {"constant": "/workspace"}}
+    assert planned["kfp_run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
 
 
 def test_credentials_only_from_secrets(compiled):

@@ -1,11 +1,12 @@
 """Sharding: deterministic, every usable row exactly once, balanced; unsafe rows rejected with reasons."""
 
 import json
+import multiprocessing
 
 import pandas as pd
 import pytest
 
-from miipher2.corpus import Layout, assign_shards, load_plan, plan_corpus
+from miipher2.corpus import Layout, PlanConflict, assign_shards, load_plan, plan_corpus, run_output_dir
 from miipher2.corpus.plan import read_shard_rows
 from tests.corpus.conftest import build_corpus
 
@@ -51,10 +52,63 @@ def test_plan_id_is_stable_and_changes_with_inputs(tmp_path, model_dir):
     out = tmp_path / "out"
     first = plan_corpus(manifest, str(model_dir), out, shards=2)
     assert plan_corpus(manifest, str(model_dir), out, shards=2).plan_id == first.plan_id
-    assert plan_corpus(manifest, str(model_dir), out, shards=3).plan_id != first.plan_id
+    assert plan_corpus(manifest, str(model_dir), out, shards=3, replace=True).plan_id != first.plan_id
     frame = pd.read_csv(manifest).iloc[:-1]
     frame.to_csv(manifest, index=False)
-    assert plan_corpus(manifest, str(model_dir), out, shards=2).plan_id != first.plan_id
+    assert plan_corpus(manifest, str(model_dir), out, shards=2, replace=True).plan_id != first.plan_id
+
+
+def test_another_runs_unfinished_plan_is_not_overwritten(tmp_path, model_dir):
+    manifest = build_corpus(tmp_path / "data")
+    out = tmp_path / "out"
+    first = plan_corpus(manifest, str(model_dir), out, shards=2)
+    rows = [read_shard_rows(out, s)["row"].tolist() for s in range(2)]
+    with pytest.raises(PlanConflict, match=rf"holds plan {first.plan_id}.*not finished"):
+        plan_corpus(manifest, str(model_dir), out, shards=3)
+    assert load_plan(out) == first  # untouched, shard files included
+    assert [read_shard_rows(out, s)["row"].tolist() for s in range(2)] == rows
+    assert not Layout(out).shard_rows(2).exists()
+    assert plan_corpus(manifest, str(model_dir), out, shards=2).plan_id == first.plan_id  # the same work resumes
+
+
+def test_planning_is_refused_while_another_process_plans_the_same_folder(tmp_path, model_dir):
+    manifest = build_corpus(tmp_path / "data")
+    out = tmp_path / "out"
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold, args=(str(Layout(out).state / ".plan.lock"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(PlanConflict, match="being planned by another process.*kfp_run_id=run-a"):
+            plan_corpus(manifest, str(model_dir), out, shards=2)
+        assert not Layout(out).plan.exists()
+    finally:
+        release.set()
+        holder.join()
+    assert plan_corpus(manifest, str(model_dir), out, shards=2).shards == 2
+
+
+def _hold(path: str, ready, release) -> None:
+    from miipher2.locking import exclusive_lock
+
+    with exclusive_lock(path, owner={"kfp_run_id": "run-a"}):
+        ready.set()
+        release.wait(60)
+
+
+@pytest.mark.parametrize("output_dir, expected", [
+    ("", "ws/restored/libritts-train/run-9"),
+    ("mine/out", "ws/mine/out"),
+    ("{ws}/absolute/inside", "ws/absolute/inside"),
+])
+def test_run_output_dir_is_per_corpus_and_run_and_inside_the_workspace(tmp_path, output_dir, expected):
+    ws = tmp_path / "ws"
+    got = run_output_dir(ws, "s3://bucket/libritts/manifests/train.csv", "run-9", output_dir.format(ws=ws))
+    assert got == tmp_path / expected
+    for outside in ("/tmp/elsewhere", "../escape", f"{ws}/../x"):
+        with pytest.raises(ValueError, match="outside the workspace"):
+            run_output_dir(ws, "s3://bucket/libritts/manifests/train.csv", "run-9", outside)
 
 
 def test_bad_manifest_and_model_are_named(tmp_path, model_dir):

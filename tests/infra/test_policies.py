@@ -31,7 +31,8 @@ def environment(platform, stage_job, env):
 
 def test_secret_templates_hold_no_credentials():
     templates = sorted((manifests.K8S / "secrets-template").glob("*.env.example"))
-    assert {t.name for t in templates} == {"s3.env.example", "postgres.env.example", "mlflow.env.example"}
+    assert {t.name for t in templates} == {"s3.env.example", "postgres.env.example", "mlflow.env.example",
+                                           "git.env.example", "huggingface.env.example"}
     for template in templates:
         for line in template.read_text().splitlines():
             if line.strip() and not line.lstrip().startswith("#"):
@@ -41,7 +42,8 @@ def test_secret_templates_hold_no_credentials():
 
 def test_rendered_secrets_carry_only_the_empty_placeholders(rendered):
     secrets = [(root, doc) for root, doc in all_docs(rendered) if doc["kind"] == "Secret"]
-    assert {doc["metadata"]["name"] for _, doc in secrets} == {"miipher2-s3", "miipher2-postgres", "miipher2-mlflow"}
+    assert {doc["metadata"]["name"] for _, doc in secrets} == {"miipher2-s3", "miipher2-postgres", "miipher2-mlflow",
+                                                               "miipher2-git", "miipher2-huggingface"}
     for root, secret in secrets:
         assert "stringData" not in secret
         for key, value in (secret.get("data") or {}).items():
@@ -59,7 +61,7 @@ def test_no_committed_manifest_defines_a_secret():
 @pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_filled_in_secret_files_are_git_ignored(env):
-    paths = [f"infra/k8s/overlays/{env}/secrets/{name}.env" for name in ("s3", "postgres", "mlflow")]
+    paths = [f"infra/k8s/overlays/{env}/secrets/{name}.env" for name in ("s3", "postgres", "mlflow", "git", "huggingface")]
     result = subprocess.run(["git", "check-ignore", *paths], cwd=manifests.REPO, capture_output=True, text=True)
     if result.returncode == 128:
         pytest.skip("not a git checkout")
@@ -124,6 +126,26 @@ def test_dev_is_smaller_than_prod(platform, stage_job):
 
     assert gpus(stage_job("dev", 1)) < gpus(stage_job("prod", 1))
     assert workspace("dev") < workspace("prod")
+
+
+def _image_user() -> int:
+    """The uid the image runs as (its Dockerfile's last USER)."""
+    users = re.findall(r"^USER\s+(\d+)", (manifests.REPO / "infra" / "image" / "Dockerfile").read_text(), re.MULTILINE)
+    return int(users[-1])
+
+
+def test_pods_on_the_workspace_volume_write_it_as_the_images_user(rendered):
+    user, checked = _image_user(), 0
+    for root, doc in all_docs(rendered):
+        for where, pod in manifests.pod_templates(doc):
+            claims = {v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
+            if "miipher2-workspace" not in claims:
+                continue
+            checked += 1
+            context = pod.get("securityContext", {})
+            assert (context.get("runAsUser"), context.get("fsGroup")) == (user, user), f"{root}: {where}"
+            assert context.get("runAsNonRoot") is True, f"{root}: {where}"
+    assert checked >= 1 + 2 * len(STAGES)  # workspace init + every training job's pods
 
 
 # --- images --------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ import subprocess
 
 import pytest
 
+from miipher2.data.paths import path_component
 from miipher2.data.versioning import shown_repo
 from miipher2.lineage import GIT_COMMIT_ENV, Lineage, close_pipeline_run, git_commit, start_pipeline_run, step_run
-from miipher2.steps import _safe_name
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +104,7 @@ def test_untracked_runs_still_work(monkeypatch):
 
 @pytest.mark.parametrize("text, expected", [("run-1", "run-1"), ("../../etc", "_.._etc"), ("a/b c", "a_b_c")])
 def test_safe_directory_names(text, expected):
-    assert _safe_name(text) == expected
+    assert path_component(text) == expected
 
 
 def test_repository_urls_are_recorded_without_credentials():

@@ -3,11 +3,14 @@
 Started here, on loopback ports: an S3 server (moto) holding both the DVC remote and MLflow's
 artifact store, and a real `mlflow server` whose artifacts are proxied to that S3. The dataset
 reaches the pipeline only through DVC from S3 (the repository's own cache is emptied first).
-Two dataset revisions of one repository: a good one trains, evaluates and registers; a corrupt
-one stops at validation with its report, and nothing is trained or registered.
+Two dataset revisions of one repository: a good one trains (every stage under torchrun with 2
+gloo processes, as `gpus_per_step=2` runs it on a cluster), evaluates and registers, and a
+second run of it reuses the trained stages; a corrupt one stops at validation with its report,
+nothing is trained or registered, and the run fails, its MLflow parent run marked FAILED.
 """
 
 import contextlib
+import json
 import shutil
 import subprocess
 import sys
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.cluster import ClusterConfig
 from tests.servers import free_port, moto_s3_endpoint, wait_healthy
 
 pytestmark = pytest.mark.slow
@@ -122,10 +126,9 @@ def dataset_repo(tmp_path_factory, s3, environment):
     return repo, good
 
 
-def _params(repo: Path, revision: str, workspace: Path, **extra):
+def _params(repo: Path, revision: str, **extra):
     return {"dvc_repo": str(repo), "dataset_revision": revision, "dvc_remote": "s3", "training_preset": "demo-cpu",
-            "overrides": TINY, "experiment": "e2e", "model_name": MODEL, "eval_max_utterances": 1,
-            "workspace": str(workspace), **extra}
+            "overrides": TINY, "experiment": "e2e", "model_name": MODEL, "eval_max_utterances": 1, **extra}
 
 
 def _data_dvc_md5(repo: Path, revision: str) -> str:
@@ -142,11 +145,14 @@ def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset
     from pipelines.run import run_local
 
     repo, good = dataset_repo
-    result = run_local(_params(repo, good, tmp_path / "workspace"), tmp_path / "kfp")
+    result = run_local(_params(repo, good), tmp_path / "kfp", tmp_path / "workspace", ClusterConfig(gpus_per_step=2))
     assert result.ok, f"pipeline failed; see {result.run_dir}"
     assert result.valid is True
     assert set(result.step_seconds) == {"validate-data", "train-pa", "pretrain-vocoder", "finetune-vocoder",
                                         "evaluate", "register"}
+    for stage, step in (("stage1", "train_pa"), ("stage2", "pretrain_vocoder"), ("stage3", "finetune_vocoder")):
+        (stage_dir,) = (tmp_path / "workspace" / "stages" / step).iterdir()
+        assert json.loads((stage_dir / "result.json").read_text())["step"] == 2, stage
     assert 0 < result.kfp_overhead_s < result.wall_s
     assert "<html" in result.artifact("evaluate", "report_html").read_text().lower()
     model_dir = result.artifact("finetune-vocoder", "model")
@@ -167,6 +173,9 @@ def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset
     for step, run in children.items():
         assert {k: run.data.tags.get(k) for k in lineage} == lineage, step
         assert run.info.status == "FINISHED", step
+    assert parent.info.status == "FINISHED" and parent.data.tags["pipeline_state"] == "SUCCEEDED"  # the exit handler
+    for step in ("train_pa", "pretrain_vocoder", "finetune_vocoder"):  # torchrun's rank 0 logged into the step's run
+        assert children[step].data.params["world_size"] == "2", step
     assert children["validate"].data.metrics["failures"] == 0
     assert "stage1/loss" in children["train_pa"].data.metrics
     assert "stage2/loss" in children["pretrain_vocoder"].data.metrics
@@ -193,6 +202,15 @@ def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset
     assert version.tags["dataset_md5"] == lineage["dataset_md5"]
     assert version.tags["git_commit"] == lineage["git_commit"]
 
+    # The same dataset, config and code again: every training stage is reused, not retrained.
+    again = run_local(_params(repo, good), tmp_path / "kfp", tmp_path / "workspace", ClusterConfig(gpus_per_step=2))
+    assert again.ok, f"second run failed; see {again.run_dir}"
+    for task in ("train-pa", "pretrain-vocoder", "finetune-vocoder"):
+        metrics = again.outputs[task]["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+        assert metrics["reused"] == 1.0, task
+        assert len(list((tmp_path / "workspace" / "stages" / task.replace("-", "_")).iterdir())) == 1, task
+    assert int(client.get_model_version_by_alias(MODEL, "challenger").version) == int(version.version) + 1
+
 
 def test_corrupt_dataset_stops_at_validation(tmp_path, dataset_repo, mlflow_server):
     import mlflow
@@ -201,17 +219,22 @@ def test_corrupt_dataset_stops_at_validation(tmp_path, dataset_repo, mlflow_serv
 
     repo, _ = dataset_repo
     before = _versions(MODEL)
-    result = run_local(_params(repo, "HEAD", tmp_path / "workspace", experiment="e2e-corrupt"), tmp_path / "kfp")
+    result = run_local(_params(repo, "HEAD", experiment="e2e-corrupt"), tmp_path / "kfp", tmp_path / "workspace")
     assert result.valid is False and not result.ok
-    assert set(result.outputs) == {"validate-data"}, "nothing after validation may run"
+    # Nothing after validation ran but the failing gate and the exit handler.
+    assert set(result.outputs) <= {"validate-data", "reject-dataset", "close-pipeline-run"}
+    assert "close-pipeline-run" in result.outputs
     report = result.artifact("validate-data", "report").read_text()
     assert report.startswith("# Dataset validation: FAIL") and "decode" in report
-    assert not (tmp_path / "workspace" / "runs").exists()  # no training step started
+    assert not (tmp_path / "workspace" / "stages").exists()  # no training step started
 
     runs = mlflow.search_runs(experiment_names=["e2e-corrupt"], output_format="list")
     assert sorted(r.data.tags.get("pipeline_step") for r in runs) == ["pipeline", "validate"]
     validate = next(r for r in runs if r.data.tags["pipeline_step"] == "validate")
     assert validate.data.tags["dataset_ok"] == "False" and validate.data.metrics["failures"] >= 1
+    # The run failed (CI sees red) and its MLflow parent run says so.
+    parent = next(r for r in runs if r.data.tags["pipeline_step"] == "pipeline")
+    assert parent.info.status == "FAILED" and parent.data.tags["pipeline_state"] == "FAILED"
     assert _versions(MODEL) == before
 
 
@@ -221,3 +244,4 @@ def _versions(name: str) -> int:
     with contextlib.suppress(mlflow.exceptions.MlflowException):
         return len(mlflow.MlflowClient().search_model_versions(f"name='{name}'"))
     return 0
+
