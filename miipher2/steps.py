@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from miipher2.files import atomic_write_text
-from miipher2.hub import offline_environment, offline_if_cached
-from miipher2.launch import EXIT_INTERRUPTED, Launch
+from miipher2.launch import Launch
 from miipher2.lineage import Lineage, git_commit, start_pipeline_run, step_run
-from miipher2.reuse import ORIGIN_FILE, RESULT_FILE
+from miipher2.reuse import TrainedStage, trained_stage
 
 # Keys a KFP backend adds to the metadata of every artifact it records (its driver's
 # RecordArtifact, backend/src/v2/metadata/client.go): they are not ours and not metrics.
@@ -117,20 +116,20 @@ def validate_data(*, repo: str, revision: str, remote: str, workspace: str, repo
 def train_adapters(*, data_root: str, lineage: Lineage, training_preset: str, overrides: Sequence[str],
                    workspace: str, out_dir: str, launch: Launch | None = None) -> StepResult:
     """Stage 1: parallel adapters on (degraded -> clean) features."""
-    config = training_config(training_preset, overrides, lineage.backbone, workspace)
+    config = _stage_config(training_preset, overrides, lineage, workspace)
     with step_run("train_pa", lineage) as tracker:
-        stage = _trained_stage("train_pa", "stage1", config=config, data_root=data_root, lineage=lineage,
-                               workspace=workspace, launch=launch or Launch(), tracker=tracker)
+        stage = trained_stage("train_pa", "stage1", config=config, data_root=data_root, lineage=lineage,
+                              workspace=workspace, launch=launch or Launch(), tracker=tracker)
         return _publish_stage(stage, out_dir, tracker)
 
 
 def pretrain_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, overrides: Sequence[str],
                      workspace: str, out_dir: str, launch: Launch | None = None) -> StepResult:
     """Stage 2: the vocoder on clean features; independent of stage 1, so it runs beside it."""
-    config = training_config(training_preset, overrides, lineage.backbone, workspace)
+    config = _stage_config(training_preset, overrides, lineage, workspace)
     with step_run("pretrain_vocoder", lineage) as tracker:
-        stage = _trained_stage("pretrain_vocoder", "stage2", config=config, data_root=data_root, lineage=lineage,
-                               workspace=workspace, launch=launch or Launch(), tracker=tracker)
+        stage = trained_stage("pretrain_vocoder", "stage2", config=config, data_root=data_root, lineage=lineage,
+                              workspace=workspace, launch=launch or Launch(), tracker=tracker)
         return _publish_stage(stage, out_dir, tracker)
 
 
@@ -140,109 +139,26 @@ def finetune_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, 
     """Stage 3: the vocoder on adapter-cleaned features; `out_dir` receives the complete restorer."""
     from miipher2.train.stages import export_model
 
-    config = training_config(training_preset, overrides, lineage.backbone, workspace)
+    config = _stage_config(training_preset, overrides, lineage, workspace)
     with step_run("finetune_vocoder", lineage) as tracker:
-        stage = _trained_stage("finetune_vocoder", "stage3", config=config, data_root=data_root, lineage=lineage,
-                               workspace=workspace, launch=launch or Launch(), tracker=tracker,
-                               earlier={"stage1": adapters_dir, "stage2": vocoder_dir})
+        stage = trained_stage("finetune_vocoder", "stage3", config=config, data_root=data_root, lineage=lineage,
+                              workspace=workspace, launch=launch or Launch(), tracker=tracker,
+                              earlier={"stage1": adapters_dir, "stage2": vocoder_dir})
         staging = Path(f"{out_dir}.partial")
         shutil.rmtree(staging, ignore_errors=True)
         export_model(config, adapters_dir, stage.work_dir, staging)
         _replace_dir(staging, Path(out_dir))
         tracker.log_artifact(out_dir, "model")
-    return StepResult(out_dir=str(out_dir), metrics=stage.metrics("stage3."))
+    return StepResult(out_dir=str(out_dir), metrics=_stage_metrics(stage, "stage3."))
 
 
-@dataclass
-class TrainedStage:
-    """A finished training stage on the workspace: trained by this step now, or reused."""
+def _stage_config(training_preset: str, overrides: Sequence[str], lineage: Lineage, workspace: str):
+    """The run's config for a training step; its backbone read offline when validate cached it."""
+    from miipher2.hub import offline_if_cached
 
-    work_dir: Path
-    result: dict[str, Any]   # its result.json (weights: name -> path)
-    reused: bool
-
-    def metrics(self, prefix: str) -> dict[str, float]:
-        return {**_numbers(self.result.get("metrics", {}), prefix=prefix), "reused": float(self.reused)}
-
-
-def _trained_stage(step: str, stage: str, *, config, data_root: str, lineage: Lineage, workspace: str,
-                   launch: Launch, tracker, earlier: dict[str, str] | None = None) -> TrainedStage:
-    """`stage` for this dataset, config, code and earlier stages: reused if a run already finished it,
-    else trained now in `<workspace>/stages/<step>/<key>` (continuing any checkpoints there).
-
-    The stage directory is locked while this step works on it: a concurrent run with the same key
-    waits, then reuses the result instead of training it a second time."""
-    from miipher2.locking import exclusive_lock
-    from miipher2.reuse import completed_stage, stage_key, weights_digest
-
-    earlier = earlier or {}
-    offline_if_cached(config.encoder.source)  # validate fetched it into the shared cache
-    key = stage_key(step, dataset_md5=lineage.dataset_md5, config=config.to_dict(),
-                    inputs={name: weights_digest(path) for name, path in earlier.items()})
-    work_dir = Path(workspace) / "stages" / step / key
-    tracker.set_tags({"stage_key": key, "stage_dir": str(work_dir)})
-
-    def waiting(holder: dict) -> None:
-        print(f"{step}: {work_dir} is being trained by {holder or 'another run'}; waiting to reuse it", flush=True)
-
-    with exclusive_lock(work_dir / ".lock", owner={"kfp_run_id": lineage.kfp_run_id}, on_wait=waiting):
-        done = completed_stage(work_dir)
-        if done is not None:
-            origin = _read_json(work_dir / ORIGIN_FILE)
-            tracker.set_tags({"reused": True, **{f"trained_by.{k}": v for k, v in origin.items()}})
-            print(f"{step}: reusing {work_dir}, trained by KFP run {origin.get('kfp_run_id', '?')}", flush=True)
-            return TrainedStage(work_dir, done, reused=True)
-        if not (work_dir / ORIGIN_FILE).exists():
-            _write_json(work_dir / ORIGIN_FILE, {"kfp_run_id": lineage.kfp_run_id, "mlflow_run_id": tracker.run_id or "",
-                                                 "git_commit": lineage.git_commit})
-        _train(stage, config, data_root, work_dir, launch, tracker, earlier, key, lineage)
-        done = completed_stage(work_dir)
-        if done is None:
-            # Fail the step: KFP retries it (set_retry) and the retry continues from the checkpoints.
-            raise RuntimeError(f"{stage} stopped before completing (SIGTERM?) after checkpointing in {work_dir}; "
-                               "a retry continues from there")
-        return TrainedStage(work_dir, done, reused=False)
-
-
-def _train(stage: str, config, data_root: str, work_dir: Path, launch: Launch, tracker, earlier: dict[str, str],
-           key: str, lineage: Lineage) -> None:
-    """Run `stage` into `work_dir`: here, under torchrun in this pod, or as a multi-node PyTorchJob."""
-    from miipher2.train import stages
-
-    if launch.processes == 1 and not launch.multi_node:
-        trainer = {"stage1": stages.train_stage1, "stage2": stages.train_stage2, "stage3": stages.train_stage3}[stage]
-        extra = {f"{name}_dir": path for name, path in earlier.items()}
-        trainer(config, data_root, work_dir, tracker=tracker, resume=True, **extra)
-        return
-    from miipher2.launch import stage_arguments
-
-    config_file = work_dir / "train-config.yaml"
-    atomic_write_text(config_file, config.to_yaml())
-    arguments = stage_arguments(stage, config_file=str(config_file), data_root=str(data_root), out_dir=str(work_dir),
-                                stage1_dir=earlier.get("stage1"), stage2_dir=earlier.get("stage2"),
-                                mlflow_run_id=tracker.run_id)
-    if launch.multi_node:
-        _run_pytorchjob(stage, arguments, launch, key, lineage)
-        return
-    from miipher2.launch.torchrun import run_under_torchrun
-
-    code = run_under_torchrun(arguments, launch.processes)
-    if code not in (0, EXIT_INTERRUPTED):
-        raise RuntimeError(f"{stage} under torchrun ({launch.processes} processes) failed with exit code {code}")
-
-
-def _run_pytorchjob(stage: str, arguments: list[str], launch: Launch, key: str, lineage: Lineage) -> None:
-    from kubernetes import client
-    from kubernetes import config as kubeconfig
-
-    from miipher2.launch.pytorchjob import JobSettings, current_namespace, pytorchjob_manifest, run_job
-
-    kubeconfig.load_incluster_config()
-    settings = JobSettings(**{**launch.job, "gpus_per_node": launch.processes})
-    manifest = pytorchjob_manifest(f"miipher2-{stage}-{key[:12]}", current_namespace(), arguments, nodes=launch.nodes,
-                                   settings=settings, env=offline_environment(),
-                                   labels={"miipher2/stage-key": key, "miipher2/kfp-run-id": _label(lineage.kfp_run_id)})
-    run_job(client.CustomObjectsApi(), manifest)
+    config = training_config(training_preset, overrides, lineage.backbone, workspace)
+    offline_if_cached(config.encoder.source)
+    return config
 
 
 def _publish_stage(stage: TrainedStage, out_dir: str, tracker) -> StepResult:
@@ -250,12 +166,17 @@ def _publish_stage(stage: TrainedStage, out_dir: str, tracker) -> StepResult:
     staging = Path(f"{out_dir}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    records = [stage.work_dir / name for name in ("config.yaml", "encoder.json", RESULT_FILE)]
+    records = [stage.work_dir / name for name in ("config.yaml", "encoder.json", "result.json")]
     for path in [*stage.result["weights"].values(), *records]:
         shutil.copy2(path, staging / Path(path).name)
     _replace_dir(staging, Path(out_dir))
     tracker.log_artifact(out_dir, "final")
-    return StepResult(out_dir=str(out_dir), metrics=stage.metrics(f"{stage.result['stage']}."))
+    return StepResult(out_dir=str(out_dir), metrics=_stage_metrics(stage, f"{stage.result['stage']}."))
+
+
+def _stage_metrics(stage: TrainedStage, prefix: str) -> dict[str, float]:
+    """The stage's last logged metrics, and whether it was reused (1.0) or trained by this step (0.0)."""
+    return {**_numbers(stage.result.get("metrics", {}), prefix=prefix), "reused": float(stage.reused)}
 
 
 def evaluate(*, model_dir: str, data_root: str, lineage: Lineage, split: str, out_dir: str,
@@ -333,20 +254,6 @@ def metric_values(metadata: dict[str, Any], exclude: Sequence[str] = ()) -> dict
     numbers = {k: v for k, v in metadata.items()
                if k not in KFP_ARTIFACT_KEYS and k not in exclude and isinstance(v, (int, float)) and not isinstance(v, bool)}
     return _numbers(numbers)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _label(text: str) -> str:
-    """A Kubernetes label value made of `text` (63 characters, alphanumerics at both ends)."""
-    from miipher2.data.paths import path_component
-
-    return path_component(text)[:63].strip("-_.")
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -41,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                              "download that version there through DVC and verify every file.")
     hashes.add_argument("--repo", default=".", help="repository path or git URL (default: %(default)s)")
     hashes.add_argument("--rev", default=None, help="git revision (default: the workspace's HEAD)")
-    hashes.add_argument("--remote", default=None, help="DVC remote to read from (default: the default remote)")
+    hashes.add_argument("--remote", default=None,
+                        help="DVC remote to read from (default: the platform's, MIIPHER2_DVC_REMOTE_URL, when set; "
+                             "else the repository's default)")
     hashes.add_argument("--dest", type=Path, default=None, help="download the version here and list per-file md5s")
     hashes.set_defaults(func=run_hashes)
 
@@ -86,15 +88,18 @@ def run_pull(args: argparse.Namespace) -> int:
 
 
 def run_hashes(args: argparse.Namespace) -> int:
-    from miipher2.data.versioning import DatasetVersionError, dataset_md5, fetch_dataset
+    from miipher2.data.git_credentials import git_credentials
+    from miipher2.data.versioning import DatasetVersionError, dataset_md5, fetch_dataset, platform_remote
 
+    remote, settings = platform_remote(args.remote)
     try:
-        if args.dest is None:
-            print(json.dumps({"rev": args.rev, "md5": dataset_md5(args.repo, args.rev, remote=args.remote)}))
-        else:
-            info = fetch_dataset(args.repo, args.rev, args.dest, remote=args.remote)
-            print(json.dumps({"rev": info.rev, "md5": info.md5, "path": str(info.path), "files": info.files}, indent=1))
+        with git_credentials():
+            if args.dest is None:
+                print(json.dumps({"rev": args.rev, "md5": dataset_md5(args.repo, args.rev, remote=args.remote)}))
+                return 0
+            info = fetch_dataset(args.repo, args.rev, args.dest, remote=remote, remote_config=settings)
     except DatasetVersionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    print(json.dumps({"rev": info.rev, "md5": info.md5, "path": str(info.path), "files": info.files}, indent=1))
     return 0

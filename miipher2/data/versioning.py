@@ -153,8 +153,7 @@ def _fetch(fs, repo, rev, dest: Path, md5: str, remote: str | None, path: str) -
                                   f"{remote or '(default)'}: {err}") from err
     expected = {PurePosixPath(name).relative_to(path).as_posix(): info["md5"] for name, info in listing.items()}
     dest = dest.absolute()
-    if dest.is_dir() and _mismatches(dest, expected, _verification_record(dest, md5)) == []:
-        _record_verified(dest, md5, expected)
+    if dest.is_dir() and verify_copy(dest, md5, expected) == []:
         return DatasetInfo(dest, md5, expected, rev)
     staging = dest.parent / f".{dest.name}.fetching-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -165,7 +164,7 @@ def _fetch(fs, repo, rev, dest: Path, md5: str, remote: str | None, path: str) -
         except Exception as err:
             raise DatasetVersionError(f"cannot download {path!r} of {_shown(repo)!r} at {rev!r} from remote "
                                       f"{remote or '(default)'}: {err}") from err
-        bad = _mismatches(staging, expected)
+        bad, stamps = _compare(staging, expected, {})
         if bad:
             raise DatasetVersionError(f"{len(bad)} file(s) of {path!r} at {rev!r} do not match their DVC hashes: "
                                       + ", ".join(bad[:10]))
@@ -173,12 +172,26 @@ def _fetch(fs, repo, rev, dest: Path, md5: str, remote: str | None, path: str) -
         _verified_path(dest).unlink(missing_ok=True)
         if dest.exists():
             os.replace(dest, retired)
-        os.replace(staging, dest)
+        os.replace(staging, dest)  # a rename: sizes, mtimes and inodes stay what was verified
         shutil.rmtree(retired, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _record_verified(dest, md5, expected)
+    _write_record(dest, md5, stamps)
     return DatasetInfo(dest, md5, expected, rev)
+
+
+def verify_copy(dest: str | os.PathLike, md5: str, expected: dict[str, str]) -> list[str]:
+    """Check a materialised copy of version `md5` against `expected` (relative path -> md5);
+    returns what is missing, extra or different (empty: identical, and then recorded as verified).
+
+    Files whose size, mtime and inode match the copy's verification record are trusted without
+    being read: only new or changed files are hashed."""
+    dest = Path(dest)
+    record = _verification_record(dest, md5)
+    mismatched, stamps = _compare(dest, expected, record)
+    if not mismatched and stamps != record:
+        _write_record(dest, md5, stamps)
+    return mismatched
 
 
 def file_hashes(root: str | os.PathLike) -> dict[str, str]:
@@ -291,21 +304,23 @@ def _recorded_md5(fs, repo, rev, path: str) -> str:
     return md5
 
 
-def _mismatches(root: Path, expected: dict[str, str], verified: dict[str, list] | None = None) -> list[str]:
-    """Relative paths that are missing, extra or differ from `expected` (empty list: identical).
-
-    A file whose (md5, size, mtime, inode) is in `verified` with its expected md5 is trusted
-    without reading it; every other file is hashed."""
-    verified = verified or {}
+def _compare(root: Path, expected: dict[str, str], verified: dict[str, list]) -> tuple[list[str], dict[str, list]]:
+    """(relative paths missing, extra or differing from `expected`; name -> [md5, size, mtime_ns,
+    inode] of every file that matches). A file whose entry in `verified` still fits its stamp is
+    trusted without being read; every other file is hashed."""
     present = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    mismatched = sorted(set(expected) - set(present))
+    mismatched, stamps = sorted(set(expected) - set(present)), {}
     for name in present:
         want = expected.get(name)
         if want is None:
             mismatched.append(name)
-        elif verified.get(name) != [want, *_stamp(root / name)] and _md5(root / name) != want:
+            continue
+        entry = [want, *_stamp(root / name)]
+        if verified.get(name) == entry or _md5(root / name) == want:
+            stamps[name] = entry
+        else:
             mismatched.append(name)
-    return sorted(mismatched)
+    return sorted(mismatched), stamps
 
 
 def _stamp(path: Path) -> list[int]:
@@ -326,11 +341,10 @@ def _verification_record(dest: Path, md5: str) -> dict[str, list]:
     return record.get("files", {}) if record.get("md5") == md5 else {}
 
 
-def _record_verified(dest: Path, md5: str, expected: dict[str, str]) -> None:
+def _write_record(dest: Path, md5: str, stamps: dict[str, list]) -> None:
     from miipher2.files import atomic_write_text
 
-    files = {name: [digest, *_stamp(dest / name)] for name, digest in expected.items()}
-    atomic_write_text(_verified_path(dest), json.dumps({"md5": md5, "files": files}))
+    atomic_write_text(_verified_path(dest), json.dumps({"md5": md5, "files": stamps}))
 
 
 def _md5(path: Path) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 EXIT_INTERRUPTED = 143  # `miipher2 train` stopped by SIGTERM after a checkpoint: run it again to continue
@@ -54,3 +55,50 @@ def stage_arguments(stage: str, *, config_file: str, data_root: str, out_dir: st
     if mlflow_run_id:
         args += ["--mlflow-run-id", mlflow_run_id]
     return args
+
+
+def run_stage(stage: str, config, data_root: str, out_dir: Path, launch: Launch, *, tracker,
+              earlier: dict[str, str] | None = None, job_name: str = "", labels: dict[str, str] | None = None) -> None:
+    """Train `stage` into `out_dir`, continuing its checkpoints: in this process, under torchrun in
+    this pod, or as a multi-node PyTorchJob named `job_name` (with `labels`), as `launch` says.
+
+    `earlier`: stage 3's inputs {"stage1": dir, "stage2": dir}. An interrupted stage (SIGTERM)
+    returns normally with its checkpoint saved; the caller sees it has no result yet."""
+    earlier = earlier or {}
+    if launch.processes == 1 and not launch.multi_node:
+        from miipher2.train import stages
+
+        trainer = {"stage1": stages.train_stage1, "stage2": stages.train_stage2, "stage3": stages.train_stage3}[stage]
+        trainer(config, data_root, out_dir, tracker=tracker, resume=True,
+                **{f"{name}_dir": path for name, path in earlier.items()})
+        return
+    from miipher2.files import atomic_write_text
+
+    config_file = Path(out_dir) / "train-config.yaml"  # read by the other processes (or pods)
+    atomic_write_text(config_file, config.to_yaml())
+    arguments = stage_arguments(stage, config_file=str(config_file), data_root=str(data_root), out_dir=str(out_dir),
+                                stage1_dir=earlier.get("stage1"), stage2_dir=earlier.get("stage2"),
+                                mlflow_run_id=tracker.run_id)
+    if launch.multi_node:
+        _run_as_pytorchjob(job_name, arguments, launch, labels or {})
+        return
+    from miipher2.launch.torchrun import run_under_torchrun
+
+    code = run_under_torchrun(arguments, launch.processes)
+    if code not in (0, EXIT_INTERRUPTED):
+        raise RuntimeError(f"{stage} under torchrun ({launch.processes} processes) failed with exit code {code}")
+
+
+def _run_as_pytorchjob(name: str, arguments: list[str], launch: Launch, labels: dict[str, str]) -> None:
+    from kubernetes import client
+    from kubernetes import config as kubeconfig
+
+    from miipher2.hub import offline_environment
+    from miipher2.launch.pytorchjob import JobSettings, current_namespace, label_value, pytorchjob_manifest, run_job
+
+    kubeconfig.load_incluster_config()  # the step's pod: its service account may create PyTorchJobs
+    settings = JobSettings(**{**launch.job, "gpus_per_node": launch.processes})
+    manifest = pytorchjob_manifest(name, current_namespace(), arguments, nodes=launch.nodes, settings=settings,
+                                   env=offline_environment(),
+                                   labels={key: label_value(value) for key, value in labels.items()})
+    run_job(client.CustomObjectsApi(), manifest)

@@ -208,6 +208,13 @@ def _size(manifest: dict) -> str:
     return f"{pods} pod(s) x {manifest['spec']['nprocPerNode']} process(es)"
 
 
+def label_value(text: str) -> str:
+    """A Kubernetes label value made of `text`: at most 63 characters, alphanumerics at both ends."""
+    from miipher2.data.paths import path_component
+
+    return path_component(text)[:63].strip("-_.")
+
+
 def current_namespace(default: str = "miipher2") -> str:
     """The namespace this pod runs in (its service account's), else `default`."""
     try:
