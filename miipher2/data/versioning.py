@@ -308,14 +308,14 @@ def _compare(root: Path, expected: dict[str, str], verified: dict[str, list]) ->
     """(relative paths missing, extra or differing from `expected`; name -> [md5, size, mtime_ns,
     inode] of every file that matches). A file whose entry in `verified` still fits its stamp is
     trusted without being read; every other file is hashed."""
-    present = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    present = _stamps(root)
     mismatched, stamps = sorted(set(expected) - set(present)), {}
-    for name in present:
+    for name in sorted(present):
         want = expected.get(name)
         if want is None:
             mismatched.append(name)
             continue
-        entry = [want, *_stamp(root / name)]
+        entry = [want, *present[name]]
         if verified.get(name) == entry or _md5(root / name) == want:
             stamps[name] = entry
         else:
@@ -323,9 +323,18 @@ def _compare(root: Path, expected: dict[str, str], verified: dict[str, list]) ->
     return sorted(mismatched), stamps
 
 
-def _stamp(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+def _stamps(root: Path) -> dict[str, list[int]]:
+    """Relative POSIX path -> [size, mtime_ns, inode] of every file under `root`, one stat each."""
+    found, pending, prefix = {}, [str(root)], len(str(root)) + 1
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif entry.is_file():
+                    stat = entry.stat()
+                    found[entry.path[prefix:].replace(os.sep, "/")] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    return found
 
 
 def _verified_path(dest: Path) -> Path:
