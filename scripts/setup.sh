@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(espeak-ng sox pocketsphinx-testdata libsndfile1 chromium postgresql)
+# libopus0: Opus's SILK mode for the pinned demo corpus; qemu-user: its CPU-independence test.
+SYSTEM_PACKAGES=(espeak-ng sox pocketsphinx-testdata libsndfile1 libopus0 qemu-user chromium postgresql)
 VENV=.venv
 PY=${PYTHON:-python3}
 STAMP=$VENV/.setup-stamp
