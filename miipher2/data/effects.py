@@ -139,6 +139,19 @@ def _rt60_from_decay(decay: np.ndarray, sample_rate: int) -> float | None:
     return float(-60.0 / slope) if slope < 0 else None
 
 
+def spectral_product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x * y for complex spectra, from separately rounded real products and sums.
+
+    numpy's complex multiply fuses multiply-adds in its AVX2/AVX-512 loops and not in its SSE
+    baseline, so `x * y` rounds differently on CPUs without FMA; these real operations round the
+    same on every CPU (the demo corpus's bytes are pinned by hash).
+    """
+    product = np.empty(np.broadcast(x, y).shape, dtype=np.result_type(x, y))
+    product.real = x.real * y.real - x.imag * y.imag
+    product.imag = x.real * y.imag + x.imag * y.real
+    return product
+
+
 def synthetic_rir(rt60_s: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """Exponentially decaying Gaussian noise after a unit direct path (Moorer's statistical model).
 
@@ -154,7 +167,8 @@ def synthetic_rir(rt60_s: float, sample_rate: int, rng: np.random.Generator) -> 
 
 def reverberate(wave: np.ndarray, room: RoomResponse) -> np.ndarray:
     """Convolve with a prepared RIR; same length, same alignment, same RMS as the dry input."""
-    wet = signal.oaconvolve(wave, room.taps)[: len(wave)]
+    n = sfft.next_fast_len(len(wave) + len(room.taps) - 1, real=True)
+    wet = sfft.irfft(spectral_product(sfft.rfft(wave, n), sfft.rfft(room.taps, n)), n)[: len(wave)]
     dry_rms = np.sqrt(np.mean(np.square(wave, dtype=np.float64)))
     wet_rms = np.sqrt(np.mean(np.square(wet, dtype=np.float64)))
     if wet_rms > 0:
@@ -323,7 +337,7 @@ def estimate_lag(signal_: np.ndarray, reference: np.ndarray, max_lag: int) -> in
     if not len(signal_) or not len(reference):
         return 0
     n = sfft.next_fast_len(len(signal_) + len(reference) - 1, real=True)
-    corr = sfft.irfft(sfft.rfft(signal_, n) * np.conj(sfft.rfft(reference, n)), n)
+    corr = sfft.irfft(spectral_product(sfft.rfft(signal_, n), np.conj(sfft.rfft(reference, n))), n)
     # corr[d] holds lag d for d >= 0 and lag d - n for the negative lags at the end.
     lags = np.concatenate([np.arange(0, min(max_lag, len(signal_) - 1) + 1),
                            np.arange(-min(max_lag, len(reference) - 1), 0)])
