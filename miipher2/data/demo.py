@@ -292,15 +292,18 @@ def _process_alive(pid: int) -> bool:
 
 
 def toolchain() -> dict[str, str]:
-    """Versions of everything whose output lands in the corpus's bytes. data.dvc records them
-    (`meta: built_with`), so a rebuild that misses the pinned hash can say what differs."""
+    """The machine architecture and the versions of everything whose output lands in the corpus's
+    bytes. data.dvc records them (`meta: built_with`), so a rebuild that misses the pinned hash can
+    say what differs."""
+    import platform
+
     import pyroomacoustics
     import scipy
     import soundfile
 
     from miipher2.data import opus
 
-    return {"espeak-ng": synth.espeak_version(), "libopus": opus.version(),
+    return {"machine": platform.machine(), "espeak-ng": synth.espeak_version(), "libopus": opus.version(),
             "soundfile": f"{soundfile.__version__} (libsndfile {soundfile.__libsndfile_version__})",
             "numpy": np.__version__, "scipy": scipy.__version__, "pandas": pd.__version__,
             "pyroomacoustics": pyroomacoustics.__version__}
