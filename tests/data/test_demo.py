@@ -28,22 +28,27 @@ def tiny_corpus(tmp_path_factory):
 
 
 def differences(first: Path, second: Path) -> dict[str, str]:
-    """Which files differ between two builds, and how (for WAVs: where and by how much)."""
+    """Which files differ between two builds, and how: a recurrence should tell what changed."""
     hashes = file_hashes(first), file_hashes(second)
     found = {}
     for name in sorted(set(hashes[0]) | set(hashes[1])):
         if hashes[0].get(name) == hashes[1].get(name):
             continue
-        found[name] = "missing in one build"
-        if name.endswith(".wav") and name in hashes[0] and name in hashes[1]:
-            a, b = (sf.read(root / name, dtype="int16")[0] for root in (first, second))
-            changed = np.nonzero(a[: min(a.size, b.size)] != b[: min(a.size, b.size)])[0]
-            found[name] = (f"{a.size} vs {b.size} samples, {changed.size} differ"
-                           + (f" (first at {changed[0]}, max |diff| {np.abs(a[changed] - b[changed].astype(int)).max()})"
-                              if changed.size else ""))
-        elif name in hashes[0] and name in hashes[1]:
+        if name not in hashes[0] or name not in hashes[1]:
+            found[name] = "in one build only"
+        elif name.endswith(".wav"):
+            found[name] = wav_difference(first / name, second / name)
+        else:
             found[name] = "other bytes"
     return found
+
+
+def wav_difference(first: Path, second: Path) -> str:
+    a, b = (sf.read(path, dtype="int16")[0].astype(int) for path in (first, second))
+    n = min(a.size, b.size)
+    changed = np.nonzero(a[:n] != b[:n])[0]
+    where = f", first at {changed[0]}, max |diff| {np.abs(a[changed] - b[changed]).max()}" if changed.size else ""
+    return f"{a.size} vs {b.size} samples, {changed.size} differ{where}"
 
 
 def test_same_seed_gives_identical_bytes(tiny_corpus, tmp_path):
