@@ -18,28 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from miipher2.files import atomic_file
-
-
-def weights_fingerprint(module: nn.Module, exclude: Iterable[torch.Tensor] = ()) -> str:
-    """sha256 over names, dtypes, shapes and bytes of a module's state, minus `exclude`d tensors."""
-    skip = {t.data_ptr() for t in exclude}
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict(keep_vars=True).items()):
-        if tensor.data_ptr() in skip:
-            continue
-        data = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()
 
 
 def encoder_identity(preset: str, source: str, feature_layer: int, fingerprint: str) -> str:

@@ -33,7 +33,8 @@ from miipher2.train.config import ENCODER_SAMPLE_RATE, StageConfig, TrainConfig,
 from miipher2.train.data import (LengthBucketBatchSampler, TrainingDataset, collate, load_items, make_degrader,
                                  window_start)
 from miipher2.train.distributed import DistContext, barrier, init_distributed, per_rank_batch_size
-from miipher2.train.feature_cache import FeatureCache, encoder_identity, weights_fingerprint
+from miipher2.model.backbone import weights_fingerprint
+from miipher2.train.feature_cache import FeatureCache, encoder_identity
 from miipher2.train.loop import (StageResult, StepFn, autocast_for, configure_backends, lr_multiplier, prepare_out_dir,
                                  run_loop)
 from miipher2.train.losses import feature_cleaner_loss

@@ -6,7 +6,8 @@ import torch
 
 from miipher2.train.data import TrainingDataset, collate, load_items
 from miipher2.train.distributed import DistContext
-from miipher2.train.feature_cache import FeatureCache, encoder_identity, weights_fingerprint
+from miipher2.model.backbone import weights_fingerprint
+from miipher2.train.feature_cache import FeatureCache, encoder_identity
 from miipher2.train.stages import build_encoder, fill_feature_cache
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
