@@ -315,14 +315,17 @@ class FeatureCleaner(nn.Module):
         self.adapters = AdapterBank(hosts, self.feature_dim, adapter_dim)
 
     @classmethod
-    def from_pretrained(cls, source: str, preset: str = "w2v-bert-2.0", feature_layer: int | None = None, adapter_dim: int = 1024) -> FeatureCleaner:
-        """Load the frozen encoder from a hub id or local directory; adapters start untrained."""
+    def from_pretrained(cls, source: str, preset: str = "w2v-bert-2.0", feature_layer: int | None = None, adapter_dim: int = 1024,
+                        revision: str | None = None) -> FeatureCleaner:
+        """Load the frozen encoder from a hub id (at `revision`, a commit or tag, when given) or a
+        local directory; adapters start untrained."""
         if preset not in BACKBONE_PRESETS:
             raise ValueError(f"unknown backbone preset {preset!r}; choose from {sorted(BACKBONE_PRESETS)}")
         spec = BACKBONE_PRESETS[preset]
         family = FAMILIES[spec.family]
-        encoder = _load_encoder(source, spec)
-        feature_extractor = _load_feature_extractor(source, family)
+        hub = {"revision": revision} if revision else {}
+        encoder = _load_encoder(source, spec, hub)
+        feature_extractor = _load_feature_extractor(source, family, hub)
         return cls(encoder, feature_extractor, preset, feature_layer or spec.feature_layer, adapter_dim, source=str(source))
 
     def train(self, mode: bool = True) -> FeatureCleaner:
@@ -379,7 +382,7 @@ class FeatureExtractorError(ValueError):
     """The checkpoint's preprocessing settings cannot be loaded; the message says where and why."""
 
 
-def _load_feature_extractor(source: str, family: _Family):
+def _load_feature_extractor(source: str, family: _Family, hub: dict):
     """The checkpoint's own preprocessing settings (`preprocessor_config.json`), or a clear error.
 
     Never a default: the defaults differ from what some checkpoints were trained with (e.g. a
@@ -390,7 +393,7 @@ def _load_feature_extractor(source: str, family: _Family):
 
     expected = family.feature_extractor_class
     try:
-        extractor = transformers.AutoFeatureExtractor.from_pretrained(source)
+        extractor = transformers.AutoFeatureExtractor.from_pretrained(source, **hub)
     except (OSError, ValueError, KeyError) as err:
         raise FeatureExtractorError(
             f"{source}: cannot load the encoder's preprocessing settings (preprocessor_config.json for a "
@@ -402,21 +405,23 @@ def _load_feature_extractor(source: str, family: _Family):
     return extractor
 
 
-def _load_encoder(source: str, spec: BackbonePreset) -> nn.Module:
+def _load_encoder(source: str, spec: BackbonePreset, hub: dict) -> nn.Module:
     import transformers
 
     model_class = getattr(transformers, spec.model_class)
     if spec.family == "gemma3n-audio":
-        config = transformers.AutoConfig.from_pretrained(source)
+        config = transformers.AutoConfig.from_pretrained(source, **hub)
         if config.model_type == "gemma3n":  # a full Gemma 3n checkpoint: take only its audio tower
-            return _load_gemma3n_audio_tower(source, config.audio_config)
-    return model_class.from_pretrained(source, dtype=torch.float32)
+            tower = _load_gemma3n_audio_tower(source, config.audio_config, hub)
+            tower.config._commit_hash = getattr(config, "_commit_hash", None)  # the revision it came from
+            return tower
+    return model_class.from_pretrained(source, dtype=torch.float32, **hub)
 
 
 GEMMA3N_AUDIO_PREFIX = "model.audio_tower."
 
 
-def _load_gemma3n_audio_tower(source: str, audio_config) -> nn.Module:
+def _load_gemma3n_audio_tower(source: str, audio_config, hub: dict) -> nn.Module:
     """Read just the audio tower's tensors from a full Gemma 3n checkpoint (saves ~10 GB)."""
     import json
 
@@ -424,7 +429,7 @@ def _load_gemma3n_audio_tower(source: str, audio_config) -> nn.Module:
     from transformers import Gemma3nAudioEncoder
     from transformers.utils import cached_file
 
-    index = cached_file(source, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
+    index = cached_file(source, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False, **hub)
     if index:
         weight_map = json.loads(Path(index).read_text())["weight_map"]
         shards = sorted({shard for key, shard in weight_map.items() if key.startswith(GEMMA3N_AUDIO_PREFIX)})
@@ -432,7 +437,7 @@ def _load_gemma3n_audio_tower(source: str, audio_config) -> nn.Module:
         shards = ["model.safetensors"]
     state = {}
     for shard in shards:
-        with safe_open(cached_file(source, shard), framework="pt") as f:
+        with safe_open(cached_file(source, shard, **hub), framework="pt") as f:
             for key in f.keys():
                 if key.startswith(GEMMA3N_AUDIO_PREFIX):
                     state[key[len(GEMMA3N_AUDIO_PREFIX) :]] = f.get_tensor(key).float()

@@ -5,9 +5,8 @@ Input: a pandas DataFrame, one row per recording, columns
     sample_rate  int, the rate of `audio` (any rate: the restorer resamples)
 Output: a DataFrame with the same columns: the restored audio and its rate (24 kHz).
 
-Artifacts: `restorer/` (config.yaml + adapters/vocoder safetensors, exactly the model directory)
-and, when the config's backbone source is a local directory rather than a hub id, `backbone/`
-(a copy of that encoder), so a `models:/` URI loads on any machine. The miipher2 code itself
+Artifact: `restorer/`, exactly the model directory (which bundles the frozen encoder when it came
+from a local directory rather than a hub id), so a `models:/` URI loads on any machine. The miipher2 code itself
 ships with the model too (`code_paths`): the model runs with the code it was trained with, and
 the model object is built from source at load time (`pyfunc_entry.py`), never unpickled.
 
@@ -25,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 try:  # the package must import without mlflow for `miipher2 --help`; mlflow is a dependency anyway
     from mlflow.pyfunc import PythonModel
 except ImportError:  # pragma: no cover
     PythonModel = object
 
-RESTORER_ARTIFACT, BACKBONE_ARTIFACT = "restorer", "backbone"
+RESTORER_ARTIFACT = "restorer"
 EXAMPLE_RATE = 16000
 # What serving needs besides miipher2's own (shipped) code.
 _REQUIREMENTS = ("torch", "transformers", "speechbrain", "vocos", "encodec", "einops", "torchaudio", "safetensors",
@@ -49,10 +47,8 @@ class RestorerPyfunc(PythonModel):
     def load_context(self, context):
         from miipher2.model.restorer import Restorer
 
-        backbone = context.artifacts.get(BACKBONE_ARTIFACT)
         self.restorer = Restorer.from_pretrained(context.artifacts[RESTORER_ARTIFACT],
-                                                 device=os.environ.get("MIIPHER2_DEVICE") or None,
-                                                 backbone_source=backbone)
+                                                 device=os.environ.get("MIIPHER2_DEVICE") or None)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)
@@ -88,14 +84,6 @@ def input_example() -> pd.DataFrame:
     return to_model_input([np.round(wave, 4)], [EXAMPLE_RATE])
 
 
-def backbone_source(model_dir: str | Path) -> str:
-    config_file = Path(model_dir) / "config.yaml"
-    try:
-        return str(yaml.safe_load(config_file.read_text())["backbone"]["source"])
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
-        raise RegistryError(f"{model_dir}: not a Miipher-2 model directory ({err})") from err
-
-
 def log_restorer(model_dir: str | Path, *, name: str = "restorer", registered_model_name: str | None = None):
     """Log the model directory as a pyfunc model in the active MLflow run; returns ModelInfo."""
     import mlflow
@@ -103,10 +91,9 @@ def log_restorer(model_dir: str | Path, *, name: str = "restorer", registered_mo
     import miipher2
 
     model_dir = Path(model_dir)
-    source = backbone_source(model_dir)
+    if not (model_dir / "config.yaml").is_file():
+        raise RegistryError(f"{model_dir}: not a Miipher-2 model directory (no config.yaml)")
     artifacts = {RESTORER_ARTIFACT: str(model_dir)}
-    if Path(source).is_dir():
-        artifacts[BACKBONE_ARTIFACT] = str(Path(source).resolve())
     with tempfile.TemporaryDirectory() as staging:
         # Only the library's source: no caches, no stray files.
         code = Path(staging) / "miipher2"
