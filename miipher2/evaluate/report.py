@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from miipher2.audio import read_audio
-from miipher2.evaluate.metrics import METRIC_RATE, METRICS
+from miipher2.evaluate.metrics import METRIC_RATE, REPORTED_METRICS
 from miipher2.files import atomic_write_text
 
 N_EXAMPLES = 3
@@ -83,7 +83,7 @@ def render_html(results) -> str:
 def _aggregate_table(aggregates: pd.DataFrame, results, group_by: str) -> str:
     part = aggregates[aggregates["group_by"] == group_by]
     metrics = [m for m in results.metrics if m in set(part["metric"])]
-    header = "".join(f"<th>{_e(METRICS[m].label)} {'↑' if METRICS[m].higher_is_better else '↓'}</th>" for m in metrics)
+    header = "".join(f"<th>{_e(_heading(m))}</th>" for m in metrics)
     group_header = "" if group_by == "all" else f"<th>{_e(group_by)}</th>"
     rows = []
     groups = list(dict.fromkeys(part["group"])) if group_by != "all" else ["all"]
@@ -98,6 +98,11 @@ def _aggregate_table(aggregates: pd.DataFrame, results, group_by: str) -> str:
             rows.append(f'<tr{css}>{group_cell}<td class="key">{_e(system)}</td>{values}</tr>')
     return (f'<div class="scroll"><table><thead><tr>{group_header}<th>system</th>{header}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _heading(metric: str) -> str:
+    info = REPORTED_METRICS[metric]
+    return f"{info.label} {'↑' if info.higher_is_better else '↓'}"
 
 
 def _cell_html(cells: pd.DataFrame, metric: str) -> str:
@@ -194,8 +199,7 @@ def render_markdown(results) -> str:
     metrics = [m for m in results.metrics if m in set(overall["metric"])]
     lines = [f"# {results.title}", "",
              f"{results.table['utt_id'].nunique()} utterances; mean [95% bootstrap CI].", "",
-             "| system | " + " | ".join(f"{METRICS[m].label} {'↑' if METRICS[m].higher_is_better else '↓'}"
-                                       for m in metrics) + " |",
+             "| system | " + " | ".join(_heading(m) for m in metrics) + " |",
              "|---" * (len(metrics) + 1) + "|"]
     for system in results.systems:
         cells = overall[overall["system"] == system].set_index("metric")

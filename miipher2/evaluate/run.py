@@ -27,22 +27,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from miipher2.audio import read_audio, write_audio
+from miipher2.audio import read_audio, resample, write_audio
 from miipher2.data.paths import resolve_inside
 from miipher2.evaluate.aggregate import aggregate_all
 from miipher2.evaluate.asr import DEFAULT_ASR
 from miipher2.evaluate.baseline import DeepFilterNet3, Enhancer, RestorerEnhancer
 from miipher2.evaluate.evalset import load_evaluation_set
-from miipher2.evaluate.metrics import METRIC_RATE, METRICS, intrusive_metrics
+from miipher2.evaluate.metrics import (CORPUS_METRICS, HIGH_BAND_RATE, METRIC_RATE, REPORTED_METRICS, has_high_band,
+                                       high_band_metrics, intrusive_metrics)
 from miipher2.files import atomic_write_text
 
 CLEAN, DEGRADED, MODEL = "clean", "degraded", "miipher2"
 # Metrics come in groups that share a model (or none): asking for one metric computes its group.
 GROUP_METRICS = {
-    "intrusive": ("pesq", "estoi", "si_sdr", "lsd", "mcd"),
+    "intrusive": ("pesq", "estoi", "si_sdr", "lsd", "lsd_8_12k", "mcd"),
     "dnsmos": ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808"),
     "speaker": ("speaker_similarity",),
-    "asr": ("wer", "cer"),
+    "asr": ("wer", "cer", "wer_corpus", "cer_corpus"),
 }
 METRIC_GROUPS = tuple(GROUP_METRICS)
 TABLE_FILE, AGGREGATES_FILE, HEADLINE_FILE = "utterances.csv", "aggregates.csv", "headline.json"
@@ -62,15 +63,16 @@ class ScoringConfig:
 
     @property
     def metrics(self) -> list[str]:
-        return [m for m in METRICS if any(m in GROUP_METRICS[g] for g in self.groups)]
+        """Reported metrics in report order: per-utterance ones, then corpus-level rates."""
+        return [m for m in REPORTED_METRICS if any(m in GROUP_METRICS[g] for g in self.groups)]
 
 
 def groups_for(metrics: Iterable[str]) -> tuple[str, ...]:
     """The metric groups that compute `metrics`."""
     metrics = set(metrics)
-    unknown = metrics - set(METRICS)
+    unknown = metrics - set(REPORTED_METRICS)
     if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {list(METRICS)}")
+        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {list(REPORTED_METRICS)}")
     return tuple(g for g, names in GROUP_METRICS.items() if metrics & set(names))
 
 
@@ -146,7 +148,7 @@ def evaluate_systems(systems: list[Enhancer], data_root: str | Path, split: str,
 
     table = pd.DataFrame(rows)
     for metric in config.metrics:  # a column per metric even when every value failed
-        if metric not in table:
+        if metric not in table and metric not in CORPUS_METRICS:
             table[metric] = math.nan
     all_systems = [CLEAN, DEGRADED, *names] if reference_rows else names
     aggregates = aggregate_all(table, config.metrics)
@@ -255,8 +257,12 @@ def score_utterance(job: dict, config: ScoringConfig) -> list[dict]:
     rows = [{**meta, "system": system, "audio_file": None, "error": error} for system, error in job["errors"].items()]
     try:
         models = _models(config)
-        clean, _ = read_audio(job["reference"], sample_rate=METRIC_RATE)
+        reference, reference_rate = read_audio(job["reference"])
+        clean = resample(reference, reference_rate, METRIC_RATE)
         clean_embedding = models["speaker"].embed(clean) if "speaker" in models else None
+        # The band a 16 kHz comparison cannot see, where the reference has it.
+        clean_high = (resample(reference, reference_rate, HIGH_BAND_RATE)
+                      if "intrusive" in config.groups and has_high_band(reference, reference_rate) else None)
     except Exception as err:  # noqa: BLE001
         reason = f"clean reference unusable: {type(err).__name__}: {err}"
         return rows + [{**meta, "system": s, "audio_file": f, "error": reason} for s, f in job["files"].items()]
@@ -265,6 +271,8 @@ def score_utterance(job: dict, config: ScoringConfig) -> list[dict]:
         try:
             wave, _ = read_audio(path, sample_rate=METRIC_RATE)
             row.update(_score_wave(clean, wave, clean_embedding, meta, models, config))
+            if clean_high is not None:
+                row.update(high_band_metrics(clean_high, read_audio(path, sample_rate=HIGH_BAND_RATE)[0]))
         except Exception as err:  # noqa: BLE001
             row["error"] = f"{type(err).__name__}: {err}"
             row["traceback"] = traceback.format_exc(limit=3)
@@ -283,7 +291,9 @@ def _score_wave(clean: np.ndarray, wave: np.ndarray, clean_embedding, meta: Mapp
         scores["speaker_similarity"] = models["speaker"].similarity(clean_embedding, models["speaker"].embed(wave))
     if "asr" in models:
         result = models["asr"].score(wave, meta.get("transcript", ""), meta.get("language", ""))
-        scores.update(wer=result.wer, cer=result.cer, hypothesis=result.hypothesis, asr_note=result.note)
+        scores.update(wer=result.wer, cer=result.cer, hypothesis=result.hypothesis, asr_note=result.note,
+                      word_errors=result.word_errors, reference_words=result.reference_words,
+                      char_errors=result.char_errors, reference_chars=result.reference_chars)
     return scores
 
 

@@ -27,10 +27,46 @@ def test_every_evaluation_has_clean_and_degraded_rows_and_resamples_outputs(eval
     pd.testing.assert_series_equal(table.xs("upsampler", level="system")["pesq"],
                                    table.xs(DEGRADED, level="system")["pesq"], atol=0.05, check_names=False)
     assert (tmp_path / "audio" / "upsampler" / "en_0880.wav").is_file()
-    assert set(result.headline) == {"pesq", "estoi", "si_sdr", "lsd", "mcd"}
+    assert set(result.headline) == {"pesq", "estoi", "si_sdr", "lsd", "lsd_8_12k", "mcd"}
+    assert result.table["lsd_8_12k"].isna().all()  # 16 kHz references: no 8-12 kHz band to compare
     saved = pd.read_csv(tmp_path / "utterances.csv")
     assert len(saved) == 9 and set(saved["degradation_types"]) == {"noise", "band_limit+noise"}
     assert json.loads((tmp_path / "headline.json").read_text())["system"] == "upsampler"
+
+
+def test_the_high_band_is_scored_against_wideband_references(eval_root, tmp_path):
+    """24 kHz references with content above 8 kHz: a system that returns 16 kHz audio (resampled to
+    24 kHz) leaves the band empty, which only lsd_8_12k sees; the reference itself scores 0."""
+    import shutil
+
+    import numpy as np
+
+    from miipher2.audio import read_audio, resample, write_audio
+
+    root = tmp_path / "data"
+    shutil.copytree(eval_root, root)
+    references = {}
+    for path in sorted((root / "clean").rglob("*.wav")):
+        wave, rate = read_audio(path)
+        wide = resample(wave, rate, 24000)
+        air = np.random.default_rng(0).standard_normal(wide.size)
+        air = np.fft.irfft(np.fft.rfft(air) * (np.fft.rfftfreq(air.size, 1 / 24000) > 8500), air.size)
+        wide = (wide + 0.05 * np.abs(wide).max() * air / np.abs(air).max()).astype(np.float32)  # "air" above 8.5 kHz
+        write_audio(path, wide, 24000)
+        references[read_audio(root / "degraded" / "test" / path.name)[0].size] = wide
+
+    class Oracle:  # returns the wideband reference of the utterance it is given
+        name = "oracle"
+
+        def enhance(self, wave, rate):
+            return references[wave.size], 24000
+
+    result = evaluate_systems([RestorerEnhancer(Upsampler(), name="upsampler"), Oracle()], root, "test",
+                              tmp_path / "out", config=INTRUSIVE)
+    band = result.table.set_index(["utt_id", "system"])["lsd_8_12k"]
+    assert (band.xs(CLEAN, level="system") == 0).all()
+    assert (band.xs("oracle", level="system") < 0.5).all()  # 16-bit files: within rounding
+    assert (band.xs("upsampler", level="system") > 20).all() and (band.xs(DEGRADED, level="system") > 20).all()
 
 
 def test_one_failing_utterance_does_not_stop_the_others(eval_root, tmp_path):
@@ -82,6 +118,9 @@ def test_full_evaluation_with_every_metric_baseline_and_worker_pool(eval_root, t
     assert "does not cover language 'de'" in table.at[("de_0890", "miipher2"), "asr_note"]
     assert clean.loc[["en_0880", "en_0930"], "wer"].max() <= 0.3
     assert set(result.aggregates["group_by"]) == {"all", "language", "degradation"}
-    assert {"dnsmos_ovrl", "wer", "speaker_similarity", "pesq"} <= set(result.headline)
+    assert {"dnsmos_ovrl", "wer", "wer_corpus", "speaker_similarity", "pesq"} <= set(result.headline)
+    english = clean.loc[["en_0880", "en_0930"]]  # the corpus rate weighs the utterances by their words
+    assert result.aggregates.query("system == 'clean' and group_by == 'all' and metric == 'wer_corpus'")["mean"].item() \
+        == pytest.approx(english["word_errors"].sum() / english["reference_words"].sum())
     assert result.html_path.is_file() and result.markdown_path.is_file()
     assert "miipher2" in result.markdown_path.read_text()
