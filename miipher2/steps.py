@@ -177,12 +177,13 @@ def _require_complete(result) -> None:
 def evaluate(*, model_dir: str, data_root: str, lineage: Lineage, split: str, out_dir: str,
              max_utterances: int = 0) -> StepResult:
     """Objective metrics of the restorer and the baselines, and the HTML/Markdown report."""
-    from miipher2.evaluate.run import evaluate_model
+    from miipher2.evaluate.run import available_cpus, evaluate_model
 
     with step_run("evaluate", lineage) as tracker:
         # Tracking off inside: this step's child run gets the metrics, with the lineage tags.
+        # One single-threaded scoring process per CPU of the pod (or of this machine, locally).
         result = evaluate_model(model_dir, data_root, split=split, out_dir=out_dir,
-                                max_utterances=max_utterances or None, tracking=False)
+                                max_utterances=max_utterances or None, workers=available_cpus(), tracking=False)
         overall = result.aggregates[result.aggregates["group_by"] == "all"]
         tracker.log_params({"split": split, "max_utterances": max_utterances,
                             "utterances": result.table["utt_id"].nunique(), "systems": ",".join(result.systems)})

@@ -66,19 +66,15 @@ def _register(args) -> int:
 
 def _promote(args) -> int:
     from miipher2.evaluate.evalset import EvaluationSetError
-    from miipher2.registry import (
-        DEFAULT_FLOORS,
-        DEFAULT_RULES,
-        GateRule,
-        RegistryError,
-        promote,
-    )
+    from miipher2.evaluate.run import available_cpus
+    from miipher2.registry import DEFAULT_FLOORS, DEFAULT_RULES, GateRule, RegistryError, promote
 
     try:
         rules = [GateRule(m, float(v)) for m, v in _pairs(args.rule)] if args.rule else list(DEFAULT_RULES)
         floors = {m: float(v) for m, v in _pairs(args.floor)} if args.floor else dict(DEFAULT_FLOORS)
         decision = promote(args.model, args.data, split=args.split, rules=rules, floors=floors,
-                           max_utterances=args.max_utterances, out_dir=args.out, workers=args.workers, asr=args.asr,
+                           max_utterances=args.max_utterances, out_dir=args.out,
+                           workers=args.workers or available_cpus(), asr=args.asr,
                            tracking_uri=args.tracking_uri, require_improvement=not args.allow_no_improvement)
     except (RegistryError, EvaluationSetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,11 +1,13 @@
 """Evaluate systems on the fixed degraded evaluation set: enhance, score, aggregate, report.
 
-Two phases, because they want different resources:
-1. enhancement: each system (Miipher-2, DeepFilterNet3, ...) runs in this process — one copy of
-   a large model, free to use all threads or a GPU — and writes its outputs under
-   `out_dir/audio/<system>/`;
-2. scoring: every (utterance, system) pair is scored against the clean reference by a pool of
-   worker processes, each loading DNSMOS, the speaker encoder and Whisper once.
+Two phases, sharing one pool of `workers` processes (the CLI and the pipeline step use one per CPU
+this process may use, each single-threaded: the cores are busy without oversubscription):
+1. enhancement, writing each system's outputs under `out_dir/audio/<system>/`: Miipher-2 runs in
+   this process (one copy of a large model, free to use all threads or a GPU); small,
+   single-threaded systems that say so (`runs_in_workers`: DeepFilterNet3) run utterance by
+   utterance across the pool;
+2. scoring: every (utterance, system) pair is scored against the clean reference in the pool,
+   each worker loading DNSMOS, the speaker encoder and Whisper once.
 Rows `clean` (the reference scored against itself: the upper bound) and `degraded` (the input)
 are always present.
 """
@@ -17,7 +19,8 @@ import math
 import os
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -122,12 +125,14 @@ def evaluate_model(model, data_root: str | Path, split: str = "test", out_dir: s
 
 
 def evaluate_systems(systems: list[Enhancer], data_root: str | Path, split: str, out_dir: str | Path, *,
-                     max_utterances: int | None = None, config: ScoringConfig = ScoringConfig(), workers: int = 1,
-                     main_system: str | None = None, reference_rows: bool = True) -> EvaluationResult:
+                     max_utterances: int | None = None, config: ScoringConfig = ScoringConfig(),
+                     workers: int = 1, main_system: str | None = None,
+                     reference_rows: bool = True) -> EvaluationResult:
     """Enhance the evaluation set with every system, score all of them, aggregate; writes CSV/JSON.
 
-    `reference_rows=False` skips scoring the clean and degraded rows (the promotion gate compares
-    two models and needs neither).
+    `workers`: processes of the pool (1: everything in this process; the CLI and the pipeline step
+    pass `available_cpus()`). `reference_rows=False` skips scoring the clean and degraded rows (the promotion gate
+    compares two models and needs neither).
     """
     names = [s.name for s in systems]
     if len(set(names)) != len(names) or {CLEAN, DEGRADED} & set(names):
@@ -136,15 +141,16 @@ def evaluate_systems(systems: list[Enhancer], data_root: str | Path, split: str,
     evalset = load_evaluation_set(data_root, split, max_utterances)
     timings: dict[str, float] = {}
     outputs: dict[str, dict[str, str | Exception]] = {}
-    for system in systems:
-        start = time.perf_counter()
-        outputs[system.name] = enhance_all(system, evalset, out_dir / "audio" / system.name)
-        timings[f"enhance.{system.name}"] = time.perf_counter() - start
+    with worker_pool(config, workers, len(evalset)) as pool:
+        for system in systems:
+            start = time.perf_counter()
+            outputs[system.name] = enhance_all(system, evalset, out_dir / "audio" / system.name, pool)
+            timings[f"enhance.{system.name}"] = time.perf_counter() - start
 
-    jobs = [_scoring_job(row, outputs, reference_rows) for row in evalset.to_dict("records")]
-    start = time.perf_counter()
-    rows = [r for job_rows in score_jobs(jobs, config, workers) for r in job_rows]
-    timings["scoring"] = time.perf_counter() - start
+        jobs = [_scoring_job(row, outputs, reference_rows) for row in evalset.to_dict("records")]
+        start = time.perf_counter()
+        rows = [r for job_rows in score_jobs(jobs, config, pool) for r in job_rows]
+        timings["scoring"] = time.perf_counter() - start
 
     table = pd.DataFrame(rows)
     for metric in config.metrics:  # a column per metric even when every value failed
@@ -183,21 +189,32 @@ def headline_metrics(aggregates: pd.DataFrame, system: str) -> dict[str, float]:
 # ---- phase 1: enhancement ---------------------------------------------------------------------
 
 
-def enhance_all(system: Enhancer, evalset: pd.DataFrame, audio_dir: Path) -> dict[str, str | Exception]:
-    """utt_id -> output file, or the exception that utterance raised (the others still run)."""
-    outputs: dict[str, str | Exception] = {}
-    for row in evalset.itertuples():
-        try:
-            wave, rate = read_audio(row.degraded_file)
-            enhanced, out_rate = system.enhance(wave, rate)
-            if not np.isfinite(enhanced).all():
-                raise ValueError("output contains NaN or infinite samples")
-            target = resolve_inside(audio_dir, f"{row.utt_id}.wav")
-            write_audio(target, np.clip(enhanced, -1.0, 1.0), out_rate)
-            outputs[row.utt_id] = str(target)
-        except Exception as err:  # noqa: BLE001 — one bad utterance must not sink the evaluation
-            outputs[row.utt_id] = err
-    return outputs
+def enhance_all(system: Enhancer, evalset: pd.DataFrame, audio_dir: Path,
+                pool: ProcessPoolExecutor | None = None) -> dict[str, str | Exception]:
+    """utt_id -> output file, or the exception that utterance raised (the others still run).
+
+    In this process, or across `pool` for systems with `runs_in_workers` (picklable, small and
+    single-threaded, so one copy per worker costs little)."""
+    targets = [resolve_inside(audio_dir, f"{utt_id}.wav") for utt_id in evalset["utt_id"]]
+    sources = list(evalset["degraded_file"])
+    if pool is not None and getattr(system, "runs_in_workers", False):
+        results = _mapped(pool, enhance_file, [system] * len(sources), sources, targets)
+    else:
+        results = [enhance_file(system, source, target) for source, target in zip(sources, targets)]
+    return dict(zip(evalset["utt_id"], results))
+
+
+def enhance_file(system: Enhancer, source: str, target: Path) -> str | Exception:
+    """Enhance one file into `target`; the exception instead when it fails."""
+    try:
+        wave, rate = read_audio(source)
+        enhanced, out_rate = system.enhance(wave, rate)
+        if not np.isfinite(enhanced).all():
+            raise ValueError("output contains NaN or infinite samples")
+        write_audio(target, np.clip(enhanced, -1.0, 1.0), out_rate)
+        return str(target)
+    except Exception as err:  # noqa: BLE001 — one bad utterance must not sink the evaluation
+        return err
 
 
 def _scoring_job(row: Mapping, outputs: Mapping[str, Mapping[str, str | Exception]], reference_rows: bool) -> dict:
@@ -217,16 +234,47 @@ def _scoring_job(row: Mapping, outputs: Mapping[str, Mapping[str, str | Exceptio
 # ---- phase 2: scoring -------------------------------------------------------------------------
 
 
-def score_jobs(jobs: list[dict], config: ScoringConfig, workers: int) -> list[list[dict]]:
-    """Score every job; in-process for one worker, else a spawn pool (torch threads and fork don't mix)."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [score_utterance(job, config) for job in jobs]
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn"),
-                             initializer=_init_worker, initargs=(config,)) as pool:
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a container's CPU quota (cgroup v2 or v1),
+    which os.cpu_count() ignores (it reports the node's cores inside a pod)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
+                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
         try:
-            return list(pool.map(score_utterance, jobs, [config] * len(jobs)))
-        except BrokenProcessPool as err:
-            raise RuntimeError("an evaluation worker died (out of memory?); retry with fewer --workers") from err
+            fields = Path(quota_file).read_text().split()
+            quota, period = fields[0], (fields[1] if period_file is None else Path(period_file).read_text().strip())
+        except (OSError, IndexError):
+            continue
+        if quota not in ("max", "-1"):
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+        break
+    return max(1, cpus)
+
+
+@contextmanager
+def worker_pool(config: ScoringConfig, workers: int, jobs: int) -> Iterator[ProcessPoolExecutor | None]:
+    """A spawn pool (torch threads and fork don't mix) of single-threaded workers that load the
+    scoring models once each; None (work in this process) for one worker or one job."""
+    if workers <= 1 or jobs <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, jobs), mp_context=get_context("spawn"),
+                             initializer=_init_worker, initargs=(config,)) as pool:
+        yield pool
+
+
+def score_jobs(jobs: list[dict], config: ScoringConfig, pool: ProcessPoolExecutor | None = None) -> list[list[dict]]:
+    """Score every job, across `pool` when there is one."""
+    if pool is None:
+        return [score_utterance(job, config) for job in jobs]
+    return _mapped(pool, score_utterance, jobs, [config] * len(jobs))
+
+
+def _mapped(pool: ProcessPoolExecutor, fn, *iterables) -> list:
+    try:
+        return list(pool.map(fn, *iterables))
+    except BrokenProcessPool as err:
+        raise RuntimeError("an evaluation worker died (out of memory?); retry with fewer --workers") from err
 
 
 def _init_worker(config: ScoringConfig) -> None:

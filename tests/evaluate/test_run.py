@@ -12,7 +12,7 @@ from miipher2.evaluate.baseline import RestorerEnhancer
 from miipher2.evaluate.run import (CLEAN, DEGRADED, ScoringConfig, evaluate_model, evaluate_systems, groups_for,
                                    load_restorer)
 from miipher2.evaluate.evalset import load_evaluation_set
-from tests.evaluate.fakes import FailsOn, Upsampler
+from tests.evaluate.fakes import FailsOn, Upsampler, WhereAmI
 
 INTRUSIVE = ScoringConfig(("intrusive",))
 
@@ -81,6 +81,26 @@ def test_one_failing_utterance_does_not_stop_the_others(eval_root, tmp_path):
     assert flaky.drop(index="en_0930")["pesq"].notna().all()
     overall = result.aggregates.query("system == 'flaky' and group_by == 'all' and metric == 'pesq'").iloc[0]
     assert overall["n"] == 2
+
+
+@pytest.mark.slow
+def test_a_worker_pool_gives_the_same_table_and_runs_the_baseline_in_its_workers(eval_root, tmp_path):
+    import os
+
+    from miipher2.evaluate.baseline import DeepFilterNet3
+    from miipher2.evaluate.run import available_cpus
+
+    systems = [RestorerEnhancer(Upsampler(), name="upsampler"), DeepFilterNet3(), WhereAmI()]
+    alone = evaluate_systems(systems, eval_root, "test", tmp_path / "one", config=INTRUSIVE, workers=1)
+    pooled = evaluate_systems(systems, eval_root, "test", tmp_path / "two", config=INTRUSIVE, workers=2)
+    metrics = ["pesq", "estoi", "si_sdr", "lsd", "mcd"]
+    pd.testing.assert_frame_equal(alone.table.set_index(["utt_id", "system"])[metrics],
+                                  pooled.table.set_index(["utt_id", "system"])[metrics])
+    where = pooled.table.set_index("system").loc["where_am_i", "error"]
+    assert where.str.contains("ran in process").all()
+    assert not where.str.contains(f"ran in process {os.getpid()}$").any()  # enhanced by the workers
+    assert alone.table.set_index("system").loc["where_am_i", "error"].str.endswith(f"process {os.getpid()}").all()
+    assert 1 <= available_cpus() <= (os.cpu_count() or 1)
 
 
 def test_configuration_errors_are_clear(eval_root, tmp_path):
