@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,28 +354,20 @@ class FeatureCleaner(nn.Module):
         return list(self.adapters.parameters())
 
     def encoder_fingerprint(self) -> str:
-        """sha256 of the frozen encoder's tensors up to the feature layer (the adapters excluded):
-        what adapters trained on this encoder must meet again."""
-        return weights_fingerprint(self.encoder)
+        """sha256 over names, dtypes, shapes and bytes of the frozen encoder's tensors up to the
+        feature layer (the adapters live outside it): what adapters trained on it must meet again."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.encoder.state_dict().items()):
+            data = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+            digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        return digest.hexdigest()
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         return self.adapters.state_dict()
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.adapters.load_state_dict(state)
-
-
-def weights_fingerprint(module: nn.Module, exclude: Iterable[torch.Tensor] = ()) -> str:
-    """sha256 over names, dtypes, shapes and bytes of a module's state, minus `exclude`d tensors."""
-    skip = {t.data_ptr() for t in exclude}
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict(keep_vars=True).items()):
-        if tensor.data_ptr() in skip:
-            continue
-        data = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()
 
 
 class FeatureExtractorError(ValueError):

@@ -32,7 +32,6 @@ from miipher2.train.checkpoint import Resumable, load_weights, save_weights
 from miipher2.train.config import ENCODER_SAMPLE_RATE, StageConfig, TrainConfig, VocoderStageConfig
 from miipher2.train.data import LengthBucketBatchSampler, TrainingDataset, collate, load_items, make_degrader
 from miipher2.train.distributed import DistContext, barrier, init_distributed, per_rank_batch_size
-from miipher2.model.backbone import weights_fingerprint
 from miipher2.train.feature_cache import FeatureCache, encoder_identity
 from miipher2.train.loop import (StageResult, StepFn, autocast_for, configure_backends, lr_multiplier, prepare_out_dir,
                                  run_loop)
@@ -94,8 +93,7 @@ def build_encoder(config: TrainConfig, cache_dir: Path, device: torch.device, ct
         barrier(ctx)
     source = resolve_source(enc.preset, enc.source, cache_dir, seed=config.runtime.seed)
     cleaner = FeatureCleaner.from_pretrained(source, enc.preset, enc.feature_layer, enc.adapter_dim)
-    fingerprint = weights_fingerprint(cleaner, exclude=cleaner.adapter_parameters())
-    identity = encoder_identity(enc.preset, enc.source, cleaner.feature_layer, fingerprint)
+    identity = encoder_identity(enc.preset, enc.source, cleaner.feature_layer, cleaner.encoder_fingerprint())
     return Encoder(cleaner.to(device), source, identity)
 
 

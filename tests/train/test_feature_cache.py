@@ -6,7 +6,6 @@ import torch
 
 from miipher2.train.data import TrainingDataset, collate, load_items
 from miipher2.train.distributed import DistContext
-from miipher2.model.backbone import weights_fingerprint
 from miipher2.train.feature_cache import FeatureCache, encoder_identity
 from miipher2.train.stages import build_encoder, fill_feature_cache
 
@@ -71,15 +70,15 @@ def test_precision_and_features_version_name_the_cache_directory(tmp_path):
 def test_identity_follows_weights_layer_and_source_but_not_adapters(shared_cache, tiny_config):
     encoder = build_encoder(tiny_config(), shared_cache, CPU.device)
     cleaner = encoder.cleaner
-    base = weights_fingerprint(cleaner, exclude=cleaner.adapter_parameters())
+    base = cleaner.encoder_fingerprint()
 
     with torch.no_grad():
         cleaner.adapter_parameters()[0].add_(1.0)  # training adapters must not invalidate the cache
-    assert weights_fingerprint(cleaner, exclude=cleaner.adapter_parameters()) == base
+    assert cleaner.encoder_fingerprint() == base
 
     with torch.no_grad():
         next(cleaner.encoder.parameters()).add_(1e-3)  # a different encoder checkpoint
-    changed = weights_fingerprint(cleaner, exclude=cleaner.adapter_parameters())
+    changed = cleaner.encoder_fingerprint()
     assert changed != base
     assert encoder_identity("p", "s", 3, base) != encoder_identity("p", "s", 3, changed)
     assert encoder_identity("p", "s", 3, base) != encoder_identity("p", "s", 4, base)
