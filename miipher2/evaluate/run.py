@@ -130,9 +130,9 @@ def evaluate_systems(systems: list[Enhancer], data_root: str | Path, split: str,
                      reference_rows: bool = True) -> EvaluationResult:
     """Enhance the evaluation set with every system, score all of them, aggregate; writes CSV/JSON.
 
-    `workers`: processes of the pool (1: everything in this process; the CLI and the pipeline step
-    pass `available_cpus()`). `reference_rows=False` skips scoring the clean and degraded rows (the promotion gate
-    compares two models and needs neither).
+    `workers`: processes of the pool (1: everything in this process; the CLI and the pipeline
+    step pass `available_cpus()`). `reference_rows=False` skips scoring the clean and degraded
+    rows (the promotion gate compares two models and needs neither).
     """
     names = [s.name for s in systems]
     if len(set(names)) != len(names) or {CLEAN, DEGRADED} & set(names):
@@ -235,20 +235,26 @@ def _scoring_job(row: Mapping, outputs: Mapping[str, Mapping[str, str | Exceptio
 
 
 def available_cpus() -> int:
-    """CPUs this process may use: its affinity, capped by a container's CPU quota (cgroup v2 or v1),
-    which os.cpu_count() ignores (it reports the node's cores inside a pod)."""
+    """CPUs this process may use: its affinity, capped by a container's CPU quota, which
+    os.cpu_count() ignores (inside a pod it reports the node's cores)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
-                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cpus, quota) if quota else cpus)
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """CPUs the cgroup's CFS quota allows (v2 `cpu.max`, else v1); None when unlimited or unknown."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()
+    except (OSError, ValueError):
         try:
-            fields = Path(quota_file).read_text().split()
-            quota, period = fields[0], (fields[1] if period_file is None else Path(period_file).read_text().strip())
-        except (OSError, IndexError):
-            continue
-        if quota not in ("max", "-1"):
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-        break
-    return max(1, cpus)
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
 
 
 @contextmanager

@@ -103,6 +103,24 @@ def test_a_worker_pool_gives_the_same_table_and_runs_the_baseline_in_its_workers
     assert 1 <= available_cpus() <= (os.cpu_count() or 1)
 
 
+def test_a_containers_cpu_quota_caps_the_workers(tmp_path):
+    """Inside a pod os.cpu_count() reports the node's cores; the cgroup quota is what it may use."""
+    from miipher2.evaluate.run import _cgroup_cpu_quota
+
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: two single-threaded workers
+    assert _cgroup_cpu_quota(tmp_path / "v2") == 2
+    (tmp_path / "v2" / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_cpu_quota(tmp_path / "v2") is None
+    (tmp_path / "v1" / "cpu").mkdir(parents=True)
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_cpu_quota(tmp_path / "v1") == 4
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cgroup_cpu_quota(tmp_path / "v1") is None
+    assert _cgroup_cpu_quota(tmp_path / "nothing") is None
+
+
 def test_configuration_errors_are_clear(eval_root, tmp_path):
     with pytest.raises(ValueError, match="unknown metric groups"):
         ScoringConfig(("intrusive", "vibes"))
