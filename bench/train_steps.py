@@ -16,7 +16,8 @@ as wall time and as process CPU time (robust to other load).
 Rows:
 - stage 1 / stage 2, online vs cached clean features;
 - stage 2 without the cache and stage 3: the window's features from the whole item (what the
-  steps did before) vs from the window plus WINDOW_CONTEXT_SECONDS either side (now);
+  steps did before) vs from the window plus WINDOW_CONTEXT_SECONDS either side (now), for the
+  sample building + encoder part alone (what changed) and for the whole step (+ the GAN update);
 - sample building alone: decoding and resampling the whole source file at 16 kHz and at the
   vocoder's rate, then slicing (before) vs decoding only what the sample needs (now).
 """
@@ -40,8 +41,8 @@ from miipher2.train.config import ENCODER_SAMPLE_RATE, load_config
 from miipher2.train.data import TrainingDataset, collate, load_items
 from miipher2.train.distributed import DistContext
 from miipher2.train.feature_cache import FeatureCache
-from miipher2.train.stages import (build_encoder, build_objective, build_vocoder, fill_feature_cache, optimizer_for,
-                                   scheduler_for, stage1_step, vocoder_step, window_context)
+from miipher2.train.stages import (build_encoder, build_objective, build_vocoder, cut_windows, fill_feature_cache,
+                                   optimizer_for, scheduler_for, stage1_step, vocoder_step, window_context)
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 NO_AUTOCAST = contextlib.nullcontext()
@@ -136,12 +137,22 @@ def main() -> None:
                             use_adapters=use_adapters)
         windows = dict(target_rate=args.vocoder_rate, window_frames=stage.segment_frames, frame_hop=cleaner.hop_length)
         audio = dict(degrade=noisy) if use_adapters else dict(clean=True)
-        rows.append((name, "encode the whole item (before)", timed(run(step, context=whole_item, **audio, **windows),
-                                                                   args.steps)))
-        rows.append((name, "encode window + context (now)", timed(run(step, context=window_context(cleaner), **audio,
-                                                                        **windows), args.steps)))
+        wave_name = "degraded" if use_adapters else "clean"
+
+        def features_only(batch, use_adapters=use_adapters, wave_name=wave_name, window=stage.segment_frames):
+            with torch.no_grad():  # what the step does before the GAN: encode, cut the window
+                features, _ = cleaner(batch[wave_name], batch[f"{wave_name}_lengths"], use_adapters=use_adapters)
+            cut_windows(features, batch["window_offset"].tolist(), window)
+
+        for variant, context in (("the whole item (before)", whole_item), ("window + context (now)",
+                                                                             window_context(cleaner))):
+            rows.append((f"{name}, sample + features only", variant,
+                         timed(run(features_only, context=context, **audio, **windows), args.steps)))
+            rows.append((f"{name}, whole step", variant, timed(run(step, context=context, **audio, **windows),
+                                                               args.steps)))
         if not use_adapters:
-            rows.append((name, "cached clean features", timed(run(step, features=cache, **windows), args.steps)))
+            rows.append((f"{name}, whole step", "cached clean features", timed(run(step, features=cache, **windows),
+                                                                              args.steps)))
 
     # ---- sample building alone (stage 3 fields)
     hop_out = cleaner.hop_length * args.vocoder_rate // ENCODER_SAMPLE_RATE
@@ -159,7 +170,7 @@ def main() -> None:
     rows.append(("sample building", "window + context decoded (now)",
                  timed(lambda: [windowed[(i, 0)] for i in range(len(items))], args.steps)))
 
-    print("\n| step | features | wall | CPU |\n|---|---|---:|---:|")
+    print("\n| what | features | wall | CPU |\n|---|---|---:|---:|")
     for step_name, variant, (wall, cpu) in rows:
         print(f"| {step_name} | {variant} | {wall:.3f} s | {cpu:.3f} s |")
     print(f"\n/proc/loadavg at the end: {Path('/proc/loadavg').read_text().split()[:3]}")

@@ -124,7 +124,8 @@ def dataset_repo(tmp_path_factory, s3, environment):
 
 def _params(repo: Path, revision: str, workspace: Path, **extra):
     return {"dvc_repo": str(repo), "dataset_revision": revision, "dvc_remote": "s3", "training_preset": "demo-cpu",
-            "overrides": TINY, "experiment": "e2e", "model_name": MODEL, "eval_max_utterances": 1,
+            # Two utterances: the evaluate step scores them in its worker pool, as `make demo` does.
+            "overrides": TINY, "experiment": "e2e", "model_name": MODEL, "eval_max_utterances": 2,
             "workspace": str(workspace), **extra}
 
 
