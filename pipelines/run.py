@@ -78,23 +78,27 @@ class LocalRun:
         return Path(entries[0]["uri"]) if entries else None
 
 
-def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike) -> LocalRun:
-    """Run the pipeline here with KFP's local SubprocessRunner; never raises for a failed step."""
+def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike, runner=None) -> LocalRun:
+    """Run the pipeline here with KFP's local runner; never raises for a failed step.
+
+    `runner`: KFP's SubprocessRunner in this environment by default; `pipelines.containers.docker_runner()`
+    runs every step in the pipeline image instead."""
     # GPU requests and resource limits are cluster settings; locally they are meant to be ignored.
-    run_dir, wall = run_pipeline_locally(training_pipeline, params, pipeline_root, PIPELINE_NAME,
+    run_dir, wall = run_pipeline_locally(training_pipeline, params, pipeline_root, PIPELINE_NAME, runner=runner,
                                          ignore=(r"Task '.*': settings .* have no effect in the current local runner",))
     return _collect(run_dir, wall)
 
 
 def run_pipeline_locally(pipeline_func, params: dict[str, Any], pipeline_root: str | os.PathLike, pipeline_name: str,
-                         ignore: tuple[str, ...] = ()) -> tuple[Path, float]:
-    """Run any of our pipelines with KFP's local SubprocessRunner; returns (its run folder, wall seconds)."""
+                         ignore: tuple[str, ...] = (), runner=None) -> tuple[Path, float]:
+    """Run any of our pipelines with a KFP local runner; returns (its run folder, wall seconds)."""
     from kfp import local
 
     pipeline_root = Path(pipeline_root).absolute()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     before = set(pipeline_root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=False)
+    local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+               raise_on_error=False)
     started = time.perf_counter()
     original_print = builtins.print
     try:
