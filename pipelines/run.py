@@ -27,16 +27,38 @@ from pipelines.training import PIPELINE_NAME, training_pipeline
 
 # Compiled output that changes without any change to the pipeline (normalised for the golden copy).
 _VOLATILE = re.compile(r"^sdkVersion: .*$", re.MULTILINE)
+# registry/name[:tag] or registry/name@sha256:digest (lower-case path components, as registries demand).
+_IMAGE_REFERENCE = re.compile(r"[a-z0-9][a-z0-9._-]*(?::[0-9]+)?(?:/[a-z0-9][a-z0-9._-]*)+"
+                              r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})")
 
 
-def compile_pipeline(pipeline_func, output: str | os.PathLike) -> Path:
+def compile_pipeline(pipeline_func, output: str | os.PathLike, image: str | None = None) -> Path:
     """Write the spec (IR YAML) of a pipeline function, e.g. `build_training_pipeline(cluster)`, to
-    `output`, atomically."""
+    `output`, atomically.
+
+    `image` replaces the image every step runs in (components._base.IMAGE). Pinned by digest,
+    `NAME@sha256:<64 hex digits>`, the compiled pipeline records exactly which image it expects:
+    a tag can be moved to another image after compiling, a digest cannot."""
     from kfp import compiler
 
     with atomic_file(output) as tmp:
         compiler.Compiler().compile(pipeline_func, str(tmp))
+        if image is not None:
+            tmp.write_text(with_image(tmp.read_text(), image))
     return Path(output)
+
+
+def with_image(compiled_yaml: str, image: str) -> str:
+    """The compiled spec with every step's `image:` (components._base.IMAGE) replaced by `image`."""
+    from components._base import IMAGE
+
+    if not _IMAGE_REFERENCE.fullmatch(image):
+        raise ValueError(f"not an image reference: {image!r} (expected NAME[:TAG] or NAME@sha256:<64 hex digits>)")
+    replaced, count = re.subn(rf"^(\s*image: ){re.escape(IMAGE)}$", lambda m: m.group(1) + image, compiled_yaml,
+                              flags=re.MULTILINE)
+    if not count:
+        raise ValueError(f"no step of the compiled pipeline runs {IMAGE}: nothing to replace")
+    return replaced
 
 
 def normalised(compiled_yaml: str) -> str:

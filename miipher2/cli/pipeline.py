@@ -29,6 +29,11 @@ def register(subparsers) -> None:
     compile_.add_argument("-o", "--output", default="training.yaml", help="output file (default: %(default)s)")
     compile_.add_argument("--no-cluster", action="store_true",
                           help="leave out the Kubernetes settings (GPUs, Secrets, volumes, retries)")
+    compile_.add_argument("--image", default=None, metavar="REF",
+                          help="the image every step runs in, best pinned by digest (NAME@sha256:...) so that the "
+                               "compiled pipeline records exactly which image it expects; after pushing: "
+                               "docker inspect --format '{{index .RepoDigests 0}}' IMAGE "
+                               "(default: $MIIPHER2_IMAGE, else the tag in components/_base.py)")
     compile_.set_defaults(func=_compile)
 
     submit = actions.add_parser("submit", help="start a run on a Kubeflow Pipelines endpoint")
@@ -86,8 +91,13 @@ def _compile(args: argparse.Namespace) -> int:
     from pipelines.run import compile_pipeline
     from pipelines.training import build_training_pipeline
 
-    path = compile_pipeline(build_training_pipeline(None if args.no_cluster else ClusterConfig()), args.output)
-    print(f"compiled pipeline written to {path}")
+    try:
+        path = compile_pipeline(build_training_pipeline(None if args.no_cluster else ClusterConfig()), args.output,
+                                image=args.image)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"compiled pipeline written to {path}" + (f" (image {args.image})" if args.image else ""))
     return 0
 
 

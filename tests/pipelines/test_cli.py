@@ -1,5 +1,7 @@
 """`miipher2 pipeline compile | submit | run`: arguments reach the pipeline; tokens stay out of output."""
 
+from pathlib import Path
+
 import kfp
 import pytest
 
@@ -8,8 +10,6 @@ from pipelines.run import normalised
 
 
 def test_compile_writes_the_golden_pipeline(tmp_path, capsys):
-    from pathlib import Path
-
     out = tmp_path / "training.yaml"
     assert main(["pipeline", "compile", "-o", str(out)]) == 0
     golden = Path(__file__).resolve().parents[2] / "pipelines" / "training.yaml"
@@ -62,3 +62,29 @@ def test_submit_needs_a_dataset_repository():
 def test_run_requires_local():
     with pytest.raises(SystemExit):
         main(["pipeline", "run"])
+
+
+def test_compile_pins_every_step_to_an_image_digest(tmp_path, capsys):
+    import yaml
+
+    from components._base import IMAGE
+
+    pinned = "ghcr.io/miipher2/miipher2@sha256:" + "0123456789abcdef" * 4
+    out = tmp_path / "training.yaml"
+    assert main(["pipeline", "compile", "-o", str(out), "--image", pinned]) == 0
+    spec, platform = yaml.safe_load_all(out.read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    assert len(executors) == 6  # one per step
+    assert {executor["container"]["image"] for executor in executors.values()} == {pinned}
+    # Nothing else changed: the image is the only difference from the unpinned compile.
+    golden = Path(__file__).resolve().parents[2] / "pipelines" / "training.yaml"
+    assert normalised(out.read_text()).replace(pinned, IMAGE) == normalised(golden.read_text())
+    assert pinned in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("reference", ["ghcr.io/miipher2/miipher2@sha256:abc", "ghcr.io/miipher2/miipher2@md5:" + "0" * 64,
+                                       "ghcr.io/Miipher2/miipher2:1", "miipher2 latest"])
+def test_compile_refuses_what_is_not_an_image_reference(tmp_path, capsys, reference):
+    out = tmp_path / "training.yaml"
+    assert main(["pipeline", "compile", "-o", str(out), "--image", reference]) == 2
+    assert "not an image reference" in capsys.readouterr().err and not out.exists()
