@@ -25,6 +25,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from miipher2.files import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME_LOCK = REPO / "requirements.lock"
 DEV_LOCK = REPO / "requirements-dev.lock"
@@ -89,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             stale.append(str(path.relative_to(REPO)))
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            atomic_write_text(path, text)
             print(f"wrote {path.relative_to(REPO)}")
     if stale:
         print(f"lock: {', '.join(stale)} differ from this environment: run `make lock` "
