@@ -24,8 +24,8 @@ def _load_build_module():
 build = _load_build_module()
 
 
-@pytest.fixture(scope="module")
-def engine():
+def engine_or_skip():
+    """The container engine (the `engine` fixture), or a skip saying why there is none."""
     found = build.Engine.find()
     if found is None:
         pytest.skip("no container engine: neither a running Docker engine nor podman as root "

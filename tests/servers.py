@@ -1,14 +1,15 @@
-"""Real servers on loopback for tests: a moto S3 endpoint, free ports, waiting for health."""
+"""Real servers on loopback for tests (moto S3, mlflow), free ports, waiting for health; DVC repositories."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,43 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: floa
                     return
         time.sleep(0.5)
     pytest.fail(f"server at {url} not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def running_mlflow_server(root: Path, artifacts_destination: str) -> Iterator[str]:
+    """A real `mlflow server` on a loopback port: its store a SQLite file under `root`, artifacts
+    proxied to `artifacts_destination`. Yields its URL; stopped afterwards."""
+    port = free_port()
+    log = root / "server.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", artifacts_destination],
+            stdout=handle, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=20)
+        if process.poll() is None:
+            process.kill()
+
+
+def new_dataset_repo(repo: Path, remote: str, url: str) -> Callable[..., None]:
+    """`git init` + `dvc init` at `repo`, its default DVC remote `remote` at `url`; returns a runner of
+    commands in it (`run("dvc", "push")`: "dvc" is this environment's)."""
+    dvc = str(Path(sys.executable).with_name("dvc"))
+
+    def run(*args: str) -> None:
+        subprocess.run([dvc if args[0] == "dvc" else args[0], *args[1:]], cwd=repo, check=True, capture_output=True)
+
+    repo.mkdir(parents=True, exist_ok=True)
+    run("git", "init", "-q", "-b", "main")
+    run("git", "config", "user.email", "tests@example.com")
+    run("git", "config", "user.name", "tests")
+    run("dvc", "init", "-q")
+    run("dvc", "remote", "add", "-d", remote, url)
+    return run

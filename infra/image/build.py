@@ -82,11 +82,11 @@ class Engine:
         return self("image", "inspect", "--format", template, ref, capture=True).stdout.strip()
 
     def build(self, dockerfile: Path, context: Path, tags: Sequence[str], build_args: dict[str, str] | None = None,
-              build_contexts: dict[str, Path] | None = None, target: str | None = None) -> str:
-        """Build and tag; returns the image id. Layers are cached by the engine between builds."""
+              build_contexts: dict[str, Path] | None = None, target: str | None = None) -> None:
+        """Build and tag. The engine keeps the layers: an unchanged step is not run again."""
         args = ["build", "-f", str(dockerfile)]
         if self.is_podman:
-            args += ["--network", "host", "--layers"]  # the default network has no route out here
+            args += ["--network", "host"]  # podman's default network has no route out here
         for tag in tags:
             args += ["-t", tag]
         for name, value in (build_args or {}).items():
@@ -100,7 +100,6 @@ class Engine:
             args += ["--secret", f"id=pip_cert,src={cert}"]
         # BuildKit (docker's default since 23) reads secrets, build contexts and RUN mounts.
         self(*args, str(context), env=None if self.is_podman else {"DOCKER_BUILDKIT": "1"})
-        return self.inspect(tags[0], "{{.Id}}")
 
     @contextlib.contextmanager
     def docker_api(self, directory: Path) -> Iterator[str]:
@@ -108,25 +107,24 @@ class Engine:
         if not self.is_podman:
             yield os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
             return
-        socket = directory / "podman.sock"
-        log = open(directory / "podman-service.log", "w")
-        service = subprocess.Popen(["podman", "system", "service", "--time", "0", f"unix://{socket}"],
-                                   env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while not socket.exists():
-                if service.poll() is not None or time.monotonic() > deadline:
-                    raise BuildError(f"podman system service did not start: {(directory / 'podman-service.log').read_text()}")
-                time.sleep(0.2)
-            yield f"unix://{socket}"
-        finally:
-            service.terminate()
+        socket, log_path = directory / "podman.sock", directory / "podman-service.log"
+        with open(log_path, "w") as log:
+            service = subprocess.Popen(["podman", "system", "service", "--time", "0", f"unix://{socket}"],
+                                       env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
             try:
-                service.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                service.kill()
-                service.wait()
-            log.close()
+                deadline = time.monotonic() + 60
+                while not socket.exists():
+                    if service.poll() is not None or time.monotonic() > deadline:
+                        raise BuildError(f"podman system service did not start: {log_path.read_text()}")
+                    time.sleep(0.2)
+                yield f"unix://{socket}"
+            finally:
+                service.terminate()
+                try:
+                    service.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    service.kill()
+                    service.wait()
 
 
 def pip_cert() -> str | None:
@@ -176,16 +174,23 @@ def ensure_debian_image(engine: Engine) -> str:
     with tempfile.TemporaryDirectory(prefix="miipher2-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs.tar"
         # Package mirrors that serve snapshots have Release files past their Valid-Until date.
-        subprocess.run(["mmdebstrap", "--variant=minbase", "--aptopt=Acquire::Check-Valid-Until \"false\"",
-                        "bookworm", str(rootfs)], check=True)
+        made = subprocess.run(["mmdebstrap", "--variant=minbase", "--aptopt=Acquire::Check-Valid-Until \"false\"",
+                               "bookworm", str(rootfs)])
+        if made.returncode != 0:
+            raise BuildError(f"mmdebstrap failed with {made.returncode} (output above)")
         engine("import", str(rootfs), DEBIAN_IMAGE)
     return DEBIAN_IMAGE
+
+
+def local_torch_base() -> str:
+    """The local CPU base's tag, named by the locked torch: a new pin makes a new base."""
+    return f"localhost/miipher2-base:torch-{locked_version('torch', REPO / 'requirements.lock').replace('+', '-')}"
 
 
 def ensure_local_base(engine: Engine, with_torch: bool) -> str:
     """The local stand-in for python:3.11-slim, or (with_torch) for the PyTorch image; made once, kept."""
     torch = locked_version("torch", REPO / "requirements.lock")
-    tag = f"localhost/miipher2-base:torch-{torch.replace('+', '-')}" if with_torch else LOCAL_PYTHON_BASE
+    tag = local_torch_base() if with_torch else LOCAL_PYTHON_BASE
     if engine.has_image(tag):
         return tag
     build_args = {"DEBIAN_IMAGE": ensure_debian_image(engine)}

@@ -8,18 +8,18 @@ import urllib.request
 
 import pytest
 
-from tests.containers import build, engine, run_in  # noqa: F401 — the engine fixture
+from tests.containers import build, run_in
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def mlflow_image(engine):  # noqa: F811
+def mlflow_image(engine):
     return build.build_mlflow_image(engine, local_base=True)[0]
 
 
-def test_image_carries_the_server_its_driver_and_no_training_stack(engine, mlflow_image):  # noqa: F811
+def test_image_carries_the_server_its_driver_and_no_training_stack(engine, mlflow_image):
     probe = ("import importlib.util, sqlalchemy, boto3\n"
              "print(sqlalchemy.create_engine('postgresql+psycopg2://u:p@db/mlflow').dialect.driver,"
              " [m for m in ('torch', 'transformers', 'kfp', 'miipher2') if importlib.util.find_spec(m)])")
@@ -28,7 +28,7 @@ def test_image_carries_the_server_its_driver_and_no_training_stack(engine, mlflo
     assert result.stdout.split() == ["psycopg2", "[]"]
 
 
-def test_server_serves_runs_and_proxied_artifacts(engine, mlflow_image, tmp_path):  # noqa: F811
+def test_server_serves_runs_and_proxied_artifacts(engine, mlflow_image, tmp_path):
     import mlflow
 
     port = free_port()

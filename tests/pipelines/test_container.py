@@ -8,20 +8,17 @@ rebuilds only the last layers. The pipeline runs through KFP's DockerRunner (pod
 API), with an MLflow server and a DVC remote on this machine.
 """
 
-import contextlib
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
-from tests.containers import (IMAGE_USER, REPO, build, engine, hand_to_image_user,  # noqa: F401 — fixture
-                              locked_pins, run_in)
-from tests.servers import free_port, wait_healthy
+from tests.containers import IMAGE_USER, REPO, build, hand_to_image_user, locked_pins, run_in
+from tests.servers import new_dataset_repo, running_mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +26,7 @@ MODEL = "miipher2-container"
 
 
 @pytest.fixture(scope="module")
-def image(engine):  # noqa: F811
+def image(engine):
     """The pipeline image on the local CPU base, tagged as the pipeline names it and with the commit."""
     from components._base import IMAGE
 
@@ -38,7 +35,7 @@ def image(engine):  # noqa: F811
     return IMAGE
 
 
-def test_image_holds_the_locked_runtime_set_precompiled_and_no_test_tools(engine, image):  # noqa: F811
+def test_image_holds_the_locked_runtime_set_precompiled_and_no_test_tools(engine, image):
     probe = (
         "import importlib.metadata as md, importlib.util, json, os, sys, sysconfig\n"
         "import torch, speechbrain, transformers, mlflow, kfp, dvc, pandera, resemblyzer, webrtcvad, pesq\n"
@@ -104,20 +101,10 @@ def shared_root():
 def dataset_repo(shared_root, demo_corpus):
     """A git + DVC repository of the demo corpus whose data lies only in a DVC remote folder."""
     repo = shared_root / "repo"
-    repo.mkdir()
-    dvc = str(Path(sys.executable).with_name("dvc"))
-
-    def run(*args):
-        subprocess.run(args, cwd=repo, check=True, capture_output=True)
-
-    run("git", "init", "-q", "-b", "main")
-    run("git", "config", "user.email", "container@example.com")
-    run("git", "config", "user.name", "container")
-    run(dvc, "init", "-q")
-    run(dvc, "remote", "add", "-d", "shared", str(shared_root / "dvc-remote"))
+    run = new_dataset_repo(repo, "shared", str(shared_root / "dvc-remote"))
     shutil.copytree(demo_corpus, repo / "data")
-    run(dvc, "add", "-q", "data")
-    run(dvc, "push", "-q")
+    run("dvc", "add", "-q", "data")
+    run("dvc", "push", "-q")
     run("git", "add", "-A")
     run("git", "commit", "-qm", "dataset")
     shutil.rmtree(repo / ".dvc" / "cache")
@@ -127,25 +114,10 @@ def dataset_repo(shared_root, demo_corpus):
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """A tracking server on loopback (containers share this machine's network), artifacts proxied."""
+    """A tracking server on loopback (the steps' containers share this machine's network)."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = root / "server.log"
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-            stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process, log)
+    with running_mlflow_server(root, str(root / "artifacts")) as url:
         yield url
-    finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=20)
-        if process.poll() is None:
-            process.kill()
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,11 @@ one stops at validation with its report, and nothing is trained or registered.
 import contextlib
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port, moto_s3_endpoint, wait_healthy
+from tests.servers import moto_s3_endpoint, new_dataset_repo, running_mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -54,21 +53,10 @@ def environment(s3):
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory, environment):
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = root / "server.log"
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--artifacts-destination", f"s3://{BUCKET}/mlflow"],
-            stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import mlflow
-        from mlflow.tracking._tracking_service import utils as tracking_utils
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-        wait_healthy(url, process, log)
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow"), f"s3://{BUCKET}/mlflow") as url:
         patch = pytest.MonkeyPatch()
         patch.setenv("MLFLOW_TRACKING_URI", url)  # for the pipeline's step processes
         # For this process too, whatever URI earlier tests left in mlflow's global; restored after.
@@ -76,12 +64,6 @@ def mlflow_server(tmp_path_factory, environment):
         mlflow.set_tracking_uri(url)
         yield url
         patch.undo()
-    finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=20)
-        if process.poll() is None:
-            process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -91,20 +73,11 @@ def dataset_repo(tmp_path_factory, s3, environment):
 
     endpoint, _ = s3
     repo = tmp_path_factory.mktemp("dataset-repo")
-    dvc = str(Path(sys.executable).with_name("dvc"))
-
-    def run(*args):
-        subprocess.run(args, cwd=repo, check=True, capture_output=True)
-
-    run("git", "init", "-q", "-b", "main")
-    run("git", "config", "user.email", "e2e@example.com")
-    run("git", "config", "user.name", "e2e")
-    run(dvc, "init", "-q")
-    run(dvc, "remote", "add", "-d", "s3", f"s3://{BUCKET}/dvc")
-    run(dvc, "remote", "modify", "s3", "endpointurl", endpoint)  # an address, not a credential
+    run = new_dataset_repo(repo, "s3", f"s3://{BUCKET}/dvc")
+    run("dvc", "remote", "modify", "s3", "endpointurl", endpoint)  # an address, not a credential
     build_demo(repo / "data", DemoConfig.tiny(librivox_dir=None))
-    run(dvc, "add", "-q", "data")
-    run(dvc, "push", "-q")
+    run("dvc", "add", "-q", "data")
+    run("dvc", "push", "-q")
     run("git", "add", "-A")
     run("git", "commit", "-qm", "good dataset")
     good = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
@@ -113,8 +86,8 @@ def dataset_repo(tmp_path_factory, s3, environment):
     victim = sorted((repo / "data" / "clean").rglob("*.wav"))[0]
     victim.unlink()
     victim.write_text("not audio at all\n")
-    run(dvc, "add", "-q", "data")
-    run(dvc, "push", "-q")
+    run("dvc", "add", "-q", "data")
+    run("dvc", "push", "-q")
     run("git", "commit", "-qam", "corrupt dataset")
     # Only the S3 remote holds the data now: the pipeline must fetch it through DVC.
     shutil.rmtree(repo / ".dvc" / "cache")
