@@ -7,7 +7,8 @@
 The local run uses KFP's SubprocessRunner with the current interpreter (`use_venv=False`): each
 step is a subprocess running the same component code a cluster pod runs, with the pipeline's
 Kubernetes settings ignored. Credentials and the MLflow tracking URI reach the steps through the
-environment, exactly as the cluster's Secrets and ConfigMap deliver them there.
+environment, exactly as the cluster's Secrets and ConfigMap deliver them there. With
+`runner=pipelines.containers.docker_runner(...)` each step runs in the pipeline image instead.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pipelines.training import PIPELINE_NAME, training_pipeline
 
 # Compiled output that changes without any change to the pipeline (normalised for the golden copy).
 _VOLATILE = re.compile(r"^sdkVersion: .*$", re.MULTILINE)
-# registry/name[:tag] or registry/name@sha256:digest (lower-case path components, as registries demand).
+# registry/name:tag or registry/name@sha256:digest (lower-case path components, as registries demand;
+# no implicit `latest`).
 _IMAGE_REFERENCE = re.compile(r"[a-z0-9][a-z0-9._-]*(?::[0-9]+)?(?:/[a-z0-9][a-z0-9._-]*)+"
                               r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})")
 
@@ -53,7 +55,8 @@ def with_image(compiled_yaml: str, image: str) -> str:
     from components._base import IMAGE
 
     if not _IMAGE_REFERENCE.fullmatch(image):
-        raise ValueError(f"not an image reference: {image!r} (expected NAME[:TAG] or NAME@sha256:<64 hex digits>)")
+        raise ValueError(f"not an image reference: {image!r} "
+                         "(expected REGISTRY/NAME:TAG or, pinned, REGISTRY/NAME@sha256:<64 hex digits>)")
     replaced, count = re.subn(rf"^(\s*image: ){re.escape(IMAGE)}$", lambda m: m.group(1) + image, compiled_yaml,
                               flags=re.MULTILINE)
     if not count:
