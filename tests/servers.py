@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,27 +51,63 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: floa
     pytest.fail(f"server at {url} not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 over a sqlite store in `root`, artifacts proxied to
+    `artifacts_destination` (default: a folder in `root`).
+
+    `kill()` is a crash (SIGKILL to its process group); `start()` again brings it back on the same
+    port and store, as a restarted pod would.
+    """
+
+    def __init__(self, root: Path, port: int | None = None, artifacts_destination: str | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.artifacts_destination = artifacts_destination or str(self.root / "artifacts")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = self.root / "server.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> MlflowServer:
+        argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination", self.artifacts_destination]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, env=env,
+                                            start_new_session=True)
+        wait_healthy(self.url, self.process, self.log)
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> MlflowServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
 @contextlib.contextmanager
 def running_mlflow_server(root: Path, artifacts_destination: str) -> Iterator[str]:
-    """A real `mlflow server` on a loopback port: its store a SQLite file under `root`, artifacts
-    proxied to `artifacts_destination`. Yields its URL; stopped afterwards."""
-    port = free_port()
-    log = root / "server.log"
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", artifacts_destination],
-            stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process, log)
-        yield url
-    finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=20)
-        if process.poll() is None:
-            process.kill()
+    """A started `MlflowServer` with artifacts proxied to `artifacts_destination`; yields its URL."""
+    with MlflowServer(root, artifacts_destination=artifacts_destination) as server:
+        yield server.url
 
 
 def new_dataset_repo(repo: Path, remote: str, url: str) -> Callable[..., None]:

@@ -20,6 +20,10 @@ import yaml
 PRESET_DIR = Path(__file__).parent / "presets"
 # Encoder rate is fixed by every supported backbone; the vocoder may output 16 or 24 kHz.
 ENCODER_SAMPLE_RATE = 16000
+# Data and optimisation settings a reviewer compares runs by (with every encoder and vocoder
+# setting); the rest is in the logged config.yaml.
+_TRACKED_DATA_KEYS = ("split", "min_seconds", "max_seconds", "degradation")
+_TRACKED_STAGE_KEYS = ("steps", "batch_size", "lr", "schedule", "segment_frames")
 
 
 class ConfigError(ValueError):
@@ -198,6 +202,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
+
+    def tracked_params(self, stage: str | None = None) -> dict[str, Any]:
+        """What a run compares by: the preset, model and data choices, and one stage's optimisation
+        settings (every stage's with `stage=None`). The whole config travels as `config.yaml`."""
+        data = self.to_dict()
+        stages = [stage] if stage else [name for name in data if name.startswith("stage")]
+        params = {"preset": self.name, "stage": stage or "all"}
+        for section in ("encoder", "vocoder"):
+            params.update({f"{section}.{k}": v for k, v in data[section].items() if v is not None})
+        params.update({f"data.{k}": data["data"][k] for k in _TRACKED_DATA_KEYS if data["data"].get(k) is not None})
+        for name in stages:
+            params.update({f"{name}.{k}": data[name][k] for k in _TRACKED_STAGE_KEYS if k in data[name]})
+        return params
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -159,8 +159,10 @@ def stage_session(config: TrainConfig, stage: str, out_dir: Path, tracker) -> It
         if tracker is not None or not ctx.is_main:
             yield ctx, tracker if ctx.is_main else Tracker()
             return
-        with tracked_run(f"{config.name}-{stage}", tags={"stage": stage, "preset": config.name}) as run_tracker:
-            run_tracker.log_params({"stage": stage, "world_size": ctx.world_size, **config.to_dict()})
+        # Records MLflow cannot take yet wait in the stage's directory: a resumed stage delivers them.
+        with tracked_run(f"{config.name}-{stage}", tags={"stage": stage, "preset": config.name},
+                         spool_dir=out_dir) as run_tracker:
+            run_tracker.log_params({"world_size": ctx.world_size, **config.tracked_params(stage)})
             yield ctx, run_tracker
     finally:
         torch.set_num_threads(threads)  # a library call leaves the caller's process as it found it
