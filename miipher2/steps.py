@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from miipher2.files import atomic_write_text
-from miipher2.lineage import Lineage, git_commit, start_pipeline_run, step_run
+from miipher2.lineage import Lineage, git_commit, image_reference, kfp_run_url, start_pipeline_run, step_run
+from miipher2.tracking import require_tracking_server
+from miipher2.tracking.runs import without_credentials
 
 _SAFE_CHARS = "-_."
 
@@ -69,27 +71,33 @@ def validate_data(*, repo: str, revision: str, remote: str, workspace: str, repo
                   overrides: Sequence[str], backbone: str, experiment: str, kfp_run_id: str) -> ValidatedData:
     """Fetch `revision` of the dataset through DVC, open the pipeline's MLflow parent run, validate.
 
-    Runs before anything else so that a bad dataset or a bad config stops the pipeline before
-    any GPU is requested; the config is resolved here for the same reason.
+    Runs before anything else so that a bad dataset, a bad config or a configured but unreachable
+    tracking server stops the pipeline before any GPU is requested.
     """
     from miipher2.data.validate import validate_dataset
     from miipher2.data.versioning import dataset_md5, fetch_dataset
 
     started = time.perf_counter()
+    require_tracking_server()
     config = training_config(training_preset, overrides, backbone)
     md5 = dataset_md5(repo, revision or None, remote=remote or None)
     info = fetch_dataset(repo, revision or None, Path(workspace) / "datasets" / _safe_name(md5), remote=remote or None)
     lineage = Lineage(git_commit=git_commit(), dataset_revision=revision or "HEAD", dataset_md5=info.md5,
-                      kfp_run_id=kfp_run_id, backbone=config.encoder.preset, experiment=experiment)
-    lineage = start_pipeline_run(lineage, f"training {kfp_run_id}", params={
-        "dataset_revision": lineage.dataset_revision, "dvc_remote": remote or "(default)",
-        "training_preset": training_preset, "backbone": config.encoder.preset, "overrides": list(overrides),
-        "config": config.to_dict()})
+                      kfp_run_id=kfp_run_id, backbone=config.encoder.preset, experiment=experiment,
+                      dataset_commit=info.commit, dataset_source=without_credentials(repo), image=image_reference(),
+                      kfp_run_url=kfp_run_url(kfp_run_id))
 
     Path(report_dir).mkdir(parents=True, exist_ok=True)
+    config_file = Path(report_dir) / "config.yaml"
+    atomic_write_text(config_file, config.to_yaml())
+    lineage = start_pipeline_run(lineage, f"training {kfp_run_id}", params={
+        "dataset_revision": lineage.dataset_revision, "dvc_remote": remote or "(default)",
+        "training_preset": training_preset, "overrides": " ".join(overrides), **config.tracked_params()},
+        dataset=_dataset_input(info.path, lineage, "train"), artifacts=[config_file])
+
     hashes = Path(report_dir) / "dataset_files.json"
-    _write_json(hashes, {"repo": _display_repo(repo), "revision": lineage.dataset_revision, "md5": info.md5,
-                         "files": info.files})
+    _write_json(hashes, {"repo": lineage.dataset_source, "revision": lineage.dataset_revision,
+                         "commit": lineage.dataset_commit, "md5": info.md5, "files": info.files})
     with step_run("validate", lineage) as tracker:
         report = validate_dataset(info.path, report_dir=report_dir)
         tracker.log_params({"dataset_revision": lineage.dataset_revision, "dvc_remote": remote or "(default)",
@@ -97,6 +105,7 @@ def validate_data(*, repo: str, revision: str, remote: str, workspace: str, repo
         tracker.log_metrics({"rows_checked": report.rows_checked, "failures": len(report.failures),
                              "failed_rows": report.failed_rows, **{f"rows_{s}": n for s, n in report.rows.items()}})
         tracker.set_tags({"dataset_ok": report.ok})
+        _log_dataset(tracker, info.path, lineage, "train", "validation")
         for path in (*report.report_paths.values(), hashes):
             tracker.log_artifact(path, "validation")
     return ValidatedData(ok=report.ok, data_root=str(info.path), lineage=lineage, rows=dict(report.rows),
@@ -111,9 +120,10 @@ def train_adapters(*, data_root: str, lineage: Lineage, training_preset: str, ov
     from miipher2.train.stages import train_stage1
 
     config = training_config(training_preset, overrides, lineage.backbone, workspace)
-    with step_run("train_pa", lineage) as tracker:
-        result = train_stage1(config, data_root, _work_dir(workspace, lineage, "train_pa"), tracker=tracker,
-                              resume=True)
+    work_dir = _work_dir(workspace, lineage, "train_pa")
+    with step_run("train_pa", lineage, spool_dir=work_dir) as tracker:
+        _log_config(tracker, config, "stage1", data_root, lineage)
+        result = train_stage1(config, data_root, work_dir, tracker=tracker, resume=True)
         return _publish_stage(result, out_dir, tracker)
 
 
@@ -123,9 +133,10 @@ def pretrain_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, 
     from miipher2.train.stages import train_stage2
 
     config = training_config(training_preset, overrides, lineage.backbone, workspace)
-    with step_run("pretrain_vocoder", lineage) as tracker:
-        result = train_stage2(config, data_root, _work_dir(workspace, lineage, "pretrain_vocoder"), tracker=tracker,
-                              resume=True)
+    work_dir = _work_dir(workspace, lineage, "pretrain_vocoder")
+    with step_run("pretrain_vocoder", lineage, spool_dir=work_dir) as tracker:
+        _log_config(tracker, config, "stage2", data_root, lineage)
+        result = train_stage2(config, data_root, work_dir, tracker=tracker, resume=True)
         return _publish_stage(result, out_dir, tracker)
 
 
@@ -136,7 +147,8 @@ def finetune_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, 
 
     config = training_config(training_preset, overrides, lineage.backbone, workspace)
     work_dir = _work_dir(workspace, lineage, "finetune_vocoder")
-    with step_run("finetune_vocoder", lineage) as tracker:
+    with step_run("finetune_vocoder", lineage, spool_dir=work_dir) as tracker:
+        _log_config(tracker, config, "stage3", data_root, lineage)
         result = train_stage3(config, data_root, work_dir, stage1_dir=adapters_dir, stage2_dir=vocoder_dir,
                               tracker=tracker, resume=True)
         _require_complete(result)
@@ -146,6 +158,31 @@ def finetune_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, 
         _replace_dir(staging, Path(out_dir))
         tracker.log_artifact(out_dir, "model")
     return StepResult(out_dir=str(out_dir), metrics=_numbers(result.metrics, prefix="stage3."))
+
+
+def _log_config(tracker, config, stage: str, data_root: str, lineage: Lineage) -> None:
+    """What a reviewer compares stage runs by: a few parameters, the training data; config.yaml follows."""
+    tracker.log_params(config.tracked_params(stage))
+    _log_dataset(tracker, data_root, lineage, config.data.split, "training")
+
+
+def _log_dataset(tracker, data_root, lineage: Lineage, split: str, context: str) -> None:
+    dataset = _dataset_input(data_root, lineage, split)
+    if dataset is not None:
+        tracker.log_dataset(dataset, context=context)
+
+
+def _dataset_input(data_root, lineage: Lineage, split: str):
+    """The split's manifest as an MLflow dataset with its DVC source; None when untracked or absent."""
+    from miipher2.data.manifest import manifest_path
+    from miipher2.tracking import configured_tracking_uri
+
+    if configured_tracking_uri() is None or not manifest_path(data_root, split).is_file():
+        return None
+    from miipher2.data.mlflow_dataset import dvc_dataset
+
+    return dvc_dataset(data_root, split, repo=lineage.dataset_source, revision=lineage.dataset_revision,
+                       commit=lineage.dataset_commit, md5=lineage.dataset_md5)
 
 
 def _work_dir(workspace: str, lineage: Lineage, step: str) -> Path:
@@ -187,6 +224,7 @@ def evaluate(*, model_dir: str, data_root: str, lineage: Lineage, split: str, ou
         overall = result.aggregates[result.aggregates["group_by"] == "all"]
         tracker.log_params({"split": split, "max_utterances": max_utterances,
                             "utterances": result.table["utt_id"].nunique(), "systems": ",".join(result.systems)})
+        _log_dataset(tracker, data_root, lineage, split, "evaluation")
         tracker.log_metrics(_numbers({f"{r.system}.{r.metric}": r.mean for r in overall.itertuples()}))
         tracker.log_artifact(out_dir, "evaluation")
     return StepResult(out_dir=str(out_dir), metrics=_numbers(result.headline),
@@ -210,8 +248,8 @@ def register(*, model_dir: str, lineage: Lineage, model_name: str, metrics: dict
         client = mlflow.MlflowClient()
         for key, value in {**lineage.tags(), "pipeline_step": "register"}.items():
             client.set_tag(version.tags["source_run"], key, value)
-        for key in ("dataset_md5", "kfp_run_id", "backbone"):
-            client.set_model_version_tag(model_name, version.version, key, getattr(lineage, key))
+        for key, value in lineage.version_tags().items():
+            client.set_model_version_tag(model_name, version.version, key, value)
         parent.log_metrics(metrics)
         parent.set_tags({"registered_model": model_name, "registered_version": version.version})
     return {"name": model_name, "version": str(version.version)}
@@ -240,11 +278,3 @@ def _safe_name(text: str) -> str:
     if not cleaned:
         raise ValueError(f"cannot make a directory name out of {text!r}")
     return cleaned
-
-
-def _display_repo(repo: str) -> str:
-    """The repository as recorded: a URL without any user:password@ part."""
-    if "://" in repo and "@" in repo.split("://", 1)[1].split("/", 1)[0]:
-        scheme, rest = repo.split("://", 1)
-        return f"{scheme}://{rest.split('@', 1)[1]}"
-    return repo

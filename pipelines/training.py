@@ -22,6 +22,7 @@ from typing import List
 from kfp import dsl
 
 from components import evaluate, finetune_vocoder, pretrain_vocoder, register, train_pa, validate_data
+from components._base import name_image
 from pipelines.cluster import ClusterConfig, on_gpu, with_credentials, with_workspace
 
 PIPELINE_NAME = "miipher2-training"
@@ -77,6 +78,7 @@ def build_training_pipeline(cluster: ClusterConfig | None = ClusterConfig()):
         # Preemption is handled by retry + resume from the workspace instead.
         for task in steps:
             task.set_caching_options(False)
+            name_image(task)
         if cluster is not None:
             for task in steps:
                 with_credentials(task, cluster)

@@ -47,12 +47,14 @@ class DatasetInfo:
            equal md5 means equal bytes in every file.
     files: relative POSIX path -> md5 of that file, as recorded by DVC and verified on disk.
     rev:   the git revision it was read at (None: the workspace's HEAD state).
+    commit: the git commit `rev` resolved to ('' when DVC cannot tell): a branch name moves, this does not.
     """
 
     path: Path
     md5: str
     files: dict[str, str]
     rev: str | None = None
+    commit: str = ""
 
 
 def dataset_filesystem(repo: str | os.PathLike, rev: str | None = None, remote: str | None = None,
@@ -90,9 +92,10 @@ def fetch_dataset(repo: str | os.PathLike, rev: str | None, dest: str | os.PathL
     md5 = _recorded_md5(fs, repo, rev, path)
     expected = {PurePosixPath(name).relative_to(path).as_posix(): info["md5"]
                 for name, info in fs.find(path, detail=True).items()}
+    commit = resolved_commit(fs)
     dest = Path(dest).absolute()
     if dest.is_dir() and _mismatches(dest, expected) == []:
-        return DatasetInfo(dest, md5, expected, rev)
+        return DatasetInfo(dest, md5, expected, rev, commit)
     staging = dest.parent / f".{dest.name}.fetching-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +116,15 @@ def fetch_dataset(repo: str | os.PathLike, rev: str | None, dest: str | os.PathL
         shutil.rmtree(retired, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return DatasetInfo(dest, md5, expected, rev)
+    return DatasetInfo(dest, md5, expected, rev, commit)
+
+
+def resolved_commit(fs) -> str:
+    """The git commit a `DVCFileSystem` reads at (its revision resolved); '' when it cannot tell."""
+    try:
+        return str(fs.repo.get_rev() or "")
+    except Exception:  # noqa: BLE001 — a repository without git (e.g. `dvc init --no-scm`)
+        return ""
 
 
 def file_hashes(root: str | os.PathLike) -> dict[str, str]:

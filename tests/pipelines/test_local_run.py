@@ -8,6 +8,7 @@ one stops at validation with its report, and nothing is trained or registered.
 """
 
 import contextlib
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -116,7 +117,8 @@ def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset
     from pipelines.run import run_local
 
     repo, good = dataset_repo
-    result = run_local(_params(repo, good, tmp_path / "workspace"), tmp_path / "kfp")
+    subprocess.run(["git", "tag", "-f", "good-data", good], cwd=repo, check=True, capture_output=True)
+    result = run_local(_params(repo, "good-data", tmp_path / "workspace"), tmp_path / "kfp")
     assert result.ok, f"pipeline failed; see {result.run_dir}"
     assert result.valid is True
     assert set(result.step_seconds) == {"validate-data", "train-pa", "pretrain-vocoder", "finetune-vocoder",
@@ -131,8 +133,9 @@ def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset
     parents = [r for r in runs if r.data.tags.get("pipeline_step") == "pipeline"]
     assert len(parents) == 1
     parent = parents[0]
-    lineage = {k: parent.data.tags[k] for k in ("git_commit", "dataset_revision", "dataset_md5", "kfp_run_id", "backbone")}
-    assert lineage["dataset_revision"] == good
+    lineage = {k: parent.data.tags[k] for k in ("git_commit", "dataset_revision", "dataset_commit", "dataset_md5",
+                                                 "kfp_run_id", "backbone")}
+    assert lineage["dataset_revision"] == "good-data" and lineage["dataset_commit"] == good  # a tag moves; a commit not
     assert lineage["dataset_md5"] == _data_dvc_md5(repo, good)
     assert lineage["backbone"] == "w2v-bert-2.0" and lineage["kfp_run_id"] and lineage["git_commit"] != "unknown"
 
@@ -146,6 +149,14 @@ def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset
     assert "stage2/loss" in children["pretrain_vocoder"].data.metrics
     assert "miipher2.pesq" in children["evaluate"].data.metrics
     assert "pesq" in parent.data.metrics  # headline metrics on the parent: runs compare side by side
+    # The data is each run's MLflow dataset input (the UI's Dataset column), with its DVC source.
+    for run, context in ((parent, "training"), (children["train_pa"], "training"), (children["evaluate"], "evaluation")):
+        (entry,) = run.inputs.dataset_inputs
+        assert entry.dataset.digest == lineage["dataset_md5"] and entry.dataset.source_type == "dvc"
+        assert json.loads(entry.dataset.source)["commit"] == good
+        assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == context
+    experiment = client.get_experiment_by_name("e2e")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
 
     # Artifacts went through the server's proxy into S3 and come back.
     downloads = tmp_path / "downloads"
@@ -166,6 +177,7 @@ def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset
     assert version.tags["kfp_run_id"] == lineage["kfp_run_id"]
     assert version.tags["dataset_md5"] == lineage["dataset_md5"]
     assert version.tags["git_commit"] == lineage["git_commit"]
+    assert version.tags["dataset_commit"] == good
 
 
 def test_corrupt_dataset_stops_at_validation(tmp_path, dataset_repo, mlflow_server):
