@@ -123,6 +123,10 @@ def load_pyfunc(uri: str):
     try:
         return mlflow.pyfunc.load_model(uri)
     except MlflowException as err:
+        from miipher2.registry.versions import server_failed
+
+        if server_failed(err):
+            raise
         raise RegistryError(f"cannot load {uri}: {err.message}") from err
     except (OSError, ValueError, KeyError, RuntimeError) as err:  # artifacts missing or weights unusable
         raise RegistryError(f"cannot load {uri}: the logged model is broken ({type(err).__name__}: {err})") from err

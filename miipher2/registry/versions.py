@@ -64,6 +64,8 @@ def version_by_alias(mlflow_client, model_name: str, alias: str):
     try:
         registered = mlflow_client.get_registered_model(model_name)
     except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise  # the server failed (down, 5xx): not a problem with the name
         raise RegistryError(f"registered model {model_name!r} does not exist ({err.message}); "
                             f"register one with `miipher2 register`") from err
     if alias not in (registered.aliases or {}):
@@ -71,7 +73,17 @@ def version_by_alias(mlflow_client, model_name: str, alias: str):
     try:
         return mlflow_client.get_model_version_by_alias(model_name, alias)
     except MlflowException as err:
+        if server_failed(err):
+            raise
         raise RegistryError(f"{model_name}@{alias} points to a version that cannot be read: {err.message}") from err
+
+
+def server_failed(err) -> bool:
+    """MLflow's client could not get an answer (server down, timeout, a proxy's 5xx page): the input may be fine.
+
+    These are the REST client's own messages ("API request to ... failed with ..."); errors the
+    server reports about the request itself carry an error code and a message of their own."""
+    return "API request to" in str(getattr(err, "message", err))
 
 
 def current_git_commit() -> str:
