@@ -32,7 +32,9 @@ except ImportError:  # pragma: no cover
 
 RESTORER_ARTIFACT = "restorer"
 EXAMPLE_RATE = 16000
-# What serving needs besides miipher2's own (shipped) code.
+# What serving imports besides miipher2's own (shipped) code (tests/registry/test_serving.py
+# checks that a prediction imports nothing else). torchaudio only because speechbrain imports it;
+# see `model_requirements` for why 2.11 goes with torch 2.13.
 _REQUIREMENTS = ("torch", "transformers", "speechbrain", "vocos", "encodec", "einops", "torchaudio", "safetensors",
                  "numpy", "pandas", "scipy", "soundfile", "pyyaml")
 
@@ -106,7 +108,7 @@ def log_restorer(model_dir: str | Path, *, name: str = "restorer", registered_mo
             code_paths=[str(code)],
             signature=model_signature(),
             input_example=input_example(),
-            pip_requirements=_pinned_requirements(),
+            pip_requirements=model_requirements(),
             registered_model_name=registered_model_name,
         )
 
@@ -132,11 +134,27 @@ def load_pyfunc(uri: str):
         raise RegistryError(f"cannot load {uri}: the logged model is broken ({type(err).__name__}: {err})") from err
 
 
-def _pinned_requirements() -> list[str]:
+def model_requirements() -> list[str]:
+    """The serving environment: this environment's releases of what serving imports, as PyPI names them.
+
+    Exact pins, so a served model runs what it was tested with, but public releases only: a local
+    version label (`torch 2.13.0+cpu`, PyPI-less builds from PyTorch's CPU index) would make
+    `mlflow models serve` and virtualenv-based loads fail to install anything. The public release
+    is the same code; pip picks the build that fits the serving machine (from PyPI: CUDA).
+
+    torchaudio: speechbrain imports it, and its newest release, 2.11.0, declares no torch
+    requirement, so it installs beside torch 2.13. Its compiled extension is built against torch's
+    stable ABI and links torch's CUDA libraries: it loads beside PyPI's (CUDA) torch, but not beside
+    a CPU-only torch, where importing torchaudio fails until `torchaudio/lib/*.so` is removed (what
+    scripts/setup.sh and the pipeline image do). Restoring needs none of that extension: speechbrain
+    uses only torchaudio's Python parts, and audio files go through soundfile.
+    """
+    from packaging.version import Version
+
     pins = []
     for package in _REQUIREMENTS:
         try:
-            pins.append(f"{package}=={metadata.version(package)}")
+            pins.append(f"{package}=={Version(metadata.version(package)).public}")
         except metadata.PackageNotFoundError:
             pins.append(package)
     return pins
