@@ -24,6 +24,7 @@ import pandas as pd
 from miipher2.corpus.models import ModelRef, resolve_model
 from miipher2.corpus.records import Layout, recipe_fingerprint, write_json
 from miipher2.corpus.sources import load_manifest, open_store
+from miipher2.corpus.tracking import start_restoration_run
 from miipher2.data.manifest import read_manifest, write_manifest
 from miipher2.data.paths import UnsafePathError
 from miipher2.model.restore_files import OUTPUT_FORMATS
@@ -117,6 +118,7 @@ def plan_corpus(manifest_uri: str, model: str | ModelRef, out_dir, shards: int, 
     for shard in range(shards):
         write_manifest(usable[[a == shard for a in assignment]], layout.shard_rows(shard))
     write_json(layout.plan, plan.to_dict())
+    start_restoration_run(plan, layout)
     return plan
 
 

@@ -110,6 +110,10 @@ class Tracker:
                                                            "profile")}
         self._queue({"op": "dataset", "dataset": fields, "context": context})
 
+    def log_model_input(self, model_id: str) -> None:
+        """An MLflow 3 logged model (e.g. a registered version's `model_id`) as the run's input."""
+        self._queue({"op": "model", "model_id": model_id})
+
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def flush(self, timeout_s: float | None = None) -> bool:
@@ -277,7 +281,7 @@ def _groups(records) -> list[tuple[int, int]]:
 
 
 def _send(client, group: list[dict[str, Any]]) -> None:
-    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, Metric, Param, RunTag
 
     first = group[0]
     run_id, op = first["run"], first["op"]
@@ -297,6 +301,8 @@ def _send(client, group: list[dict[str, Any]]) -> None:
     elif op == "dataset":
         dataset = DatasetInput(Dataset(**first["dataset"]), tags=[InputTag("mlflow.data.context", first["context"])])
         client.log_inputs(run_id, datasets=[dataset])
+    elif op == "model":
+        client.log_inputs(run_id, models=[LoggedModelInput(first["model_id"])])
     elif op == "end":
         client.set_terminated(run_id, first["status"], end_time=first["ts"])
     else:
