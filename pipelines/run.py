@@ -2,6 +2,7 @@
 
     compile_pipeline(build_training_pipeline(ClusterConfig()), "training.yaml")
     submit("https://kfp.example.com", training_pipeline, {"dvc_repo": "https://github.com/org/miipher2", ...}, token=...)
+    upload("https://kfp.example.com", "training.yaml", "miipher2-training", version="<git sha>", token=...)
     result = run_local({"training_preset": "demo-cpu", ...})      # the training pipeline
 
 The local run uses KFP's SubprocessRunner with the current interpreter (`use_venv=False`): each
@@ -81,6 +82,25 @@ def submit(host: str, pipeline_func, params: dict[str, Any], token: str | None =
     run = client.create_run_from_pipeline_func(pipeline_func, arguments=params, run_name=run_name,
                                                experiment_name=experiment, enable_caching=False)
     return run.run_id
+
+
+def upload(host: str, package: str | os.PathLike, pipeline_name: str, version: str, token: str | None = None,
+           description: str | None = None) -> tuple[str, str]:
+    """Upload a compiled pipeline as version `version` of `pipeline_name` (created on first use).
+
+    CI uploads each commit's compile (its image named by digest) this way; returns the KFP
+    pipeline id and version id.
+    """
+    import kfp
+
+    client = kfp.Client(host=host, existing_token=token)
+    pipeline_id = client.get_pipeline_id(pipeline_name)
+    if pipeline_id is None:
+        pipeline_id = client.upload_pipeline(str(package), pipeline_name=pipeline_name,
+                                             description=description).pipeline_id
+    uploaded = client.upload_pipeline_version(str(package), pipeline_version_name=version, pipeline_id=pipeline_id,
+                                              description=description)
+    return pipeline_id, uploaded.pipeline_version_id
 
 
 @dataclass

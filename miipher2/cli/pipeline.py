@@ -1,6 +1,7 @@
-"""`miipher2 pipeline compile | submit | run --local`: the training pipeline from the command line.
+"""`miipher2 pipeline compile | upload | submit | run --local`: the training pipeline from the command line.
 
     miipher2 pipeline compile -o training.yaml
+    miipher2 pipeline upload --host https://kfp.example.com --package training.yaml --version "$GIT_SHA"
     miipher2 pipeline submit --host https://kfp.example.com --dvc-repo https://github.com/org/miipher2
     miipher2 pipeline run --local                  # the demo: demo corpus, demo-cpu preset, local MLflow
 
@@ -35,6 +36,14 @@ def register(subparsers) -> None:
                                "docker inspect --format '{{index .RepoDigests 0}}' IMAGE "
                                "(default: $MIIPHER2_IMAGE, else the tag in components/_base.py)")
     compile_.set_defaults(func=_compile)
+
+    upload = actions.add_parser("upload", help="upload a compiled pipeline as a new version on a KFP endpoint")
+    upload.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+    upload.add_argument("--token", default=None, help="bearer token for the KFP API (default: $KFP_TOKEN)")
+    upload.add_argument("--package", required=True, help="compiled pipeline YAML (from `compile`)")
+    upload.add_argument("--name", default="miipher2-training", help="KFP pipeline name (default: %(default)s)")
+    upload.add_argument("--version", required=True, help="version name, e.g. the git commit")
+    upload.set_defaults(func=_upload)
 
     submit = actions.add_parser("submit", help="start a run on a Kubeflow Pipelines endpoint")
     submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
@@ -98,6 +107,15 @@ def _compile(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"compiled pipeline written to {path}" + (f" (image {args.image})" if args.image else ""))
+    return 0
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from pipelines.run import upload
+
+    token = args.token or os.environ.get("KFP_TOKEN") or None
+    pipeline_id, version_id = upload(args.host, args.package, args.name, args.version, token=token)
+    print(f"uploaded {args.package} as version {args.version!r} ({version_id}) of pipeline {args.name} ({pipeline_id})")
     return 0
 
 

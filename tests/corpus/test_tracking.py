@@ -11,7 +11,8 @@ from tests.corpus.conftest import build_corpus
 def test_restore_corpus_logs_the_plan_shards_and_summary(tmp_path, model_dir, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)  # the default experiment, with artifacts in tmp_path
+    mlflow.MlflowClient(uri).create_experiment("miipher2-restoration", artifact_location=(tmp_path / "a").as_uri())
     manifest = build_corpus(tmp_path / "data")
     run = restore_corpus(manifest, str(model_dir), tmp_path / "out", shards=2, batch_size=2, score=False)
 

@@ -88,3 +88,39 @@ def test_compile_refuses_what_is_not_an_image_reference(tmp_path, capsys, refere
     out = tmp_path / "training.yaml"
     assert main(["pipeline", "compile", "-o", str(out), "--image", reference]) == 2
     assert "not an image reference" in capsys.readouterr().err and not out.exists()
+
+
+def test_upload_adds_a_version_creating_the_pipeline_once(monkeypatch, tmp_path, capsys):
+    package = tmp_path / "training.yaml"
+    package.write_text("pipelineInfo: {name: miipher2-training}\n")
+    existing, calls = {}, []
+
+    class UploadClient:
+        def __init__(self, host, existing_token=None):
+            calls.append(("client", host, existing_token))
+
+        def get_pipeline_id(self, name):
+            return existing.get(name)
+
+        def upload_pipeline(self, path, pipeline_name, description=None):
+            calls.append(("pipeline", path, pipeline_name))
+            existing[pipeline_name] = "p-1"
+            return type("Pipeline", (), {"pipeline_id": "p-1"})()
+
+        def upload_pipeline_version(self, path, pipeline_version_name, pipeline_id, description=None):
+            calls.append(("version", path, pipeline_version_name, pipeline_id))
+            return type("Version", (), {"pipeline_version_id": f"v-{pipeline_version_name}"})()
+
+    monkeypatch.setattr(kfp, "Client", UploadClient)
+    monkeypatch.setenv("KFP_TOKEN", "secret-token-value")
+    for commit in ("abc123", "def456"):
+        assert main(["pipeline", "upload", "--host", "https://kfp.example.com", "--package", str(package),
+                     "--version", commit]) == 0
+    assert calls == [("client", "https://kfp.example.com", "secret-token-value"),
+                     ("pipeline", str(package), "miipher2-training"),
+                     ("version", str(package), "abc123", "p-1"),
+                     ("client", "https://kfp.example.com", "secret-token-value"),
+                     ("version", str(package), "def456", "p-1")]
+    output = capsys.readouterr().out
+    assert "version 'def456' (v-def456) of pipeline miipher2-training (p-1)" in output
+    assert "secret-token-value" not in output
