@@ -34,6 +34,7 @@ from miipher2.tracking import Tracker, tracked_run
 # Baked into the pipeline image at build time (infra/image/Dockerfile), where there is no .git.
 GIT_COMMIT_ENV = "MIIPHER2_GIT_COMMIT"
 IMAGE_ENV, KFP_UI_ENV = "MIIPHER2_IMAGE", "KFP_UI_URL"
+SOURCE_NAME = "miipher2 training pipeline"
 _METADATA_PREFIX = "lineage."
 
 
@@ -86,6 +87,9 @@ class Lineage:
         tags = {
             "git_commit": self.git_commit,
             "mlflow.source.git.commit": self.git_commit,
+            # What the UI's Source column shows (else the KFP executor's file name).
+            "mlflow.source.name": SOURCE_NAME,
+            "mlflow.source.type": "JOB",
             "dataset_revision": self.dataset_revision,
             "dataset_commit": self.dataset_commit,
             "dataset_md5": self.dataset_md5,

@@ -92,7 +92,7 @@ def validate_data(*, repo: str, revision: str, remote: str, workspace: str, repo
     atomic_write_text(config_file, config.to_yaml())
     lineage = start_pipeline_run(lineage, f"training {kfp_run_id}", params={
         "dataset_revision": lineage.dataset_revision, "dvc_remote": remote or "(default)",
-        "training_preset": training_preset, "overrides": " ".join(overrides), **config.tracked_params()},
+        "training_preset": training_preset, **config.tracked_params(also=_override_keys(overrides))},
         dataset=_dataset_input(info.path, lineage, "train"), artifacts=[config_file])
 
     hashes = Path(report_dir) / "dataset_files.json"
@@ -122,7 +122,7 @@ def train_adapters(*, data_root: str, lineage: Lineage, training_preset: str, ov
     config = training_config(training_preset, overrides, lineage.backbone, workspace)
     work_dir = _work_dir(workspace, lineage, "train_pa")
     with step_run("train_pa", lineage, spool_dir=work_dir) as tracker:
-        _log_config(tracker, config, "stage1", data_root, lineage)
+        _log_config(tracker, config, "stage1", overrides, data_root, lineage)
         result = train_stage1(config, data_root, work_dir, tracker=tracker, resume=True)
         return _publish_stage(result, out_dir, tracker)
 
@@ -135,7 +135,7 @@ def pretrain_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, 
     config = training_config(training_preset, overrides, lineage.backbone, workspace)
     work_dir = _work_dir(workspace, lineage, "pretrain_vocoder")
     with step_run("pretrain_vocoder", lineage, spool_dir=work_dir) as tracker:
-        _log_config(tracker, config, "stage2", data_root, lineage)
+        _log_config(tracker, config, "stage2", overrides, data_root, lineage)
         result = train_stage2(config, data_root, work_dir, tracker=tracker, resume=True)
         return _publish_stage(result, out_dir, tracker)
 
@@ -148,7 +148,7 @@ def finetune_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, 
     config = training_config(training_preset, overrides, lineage.backbone, workspace)
     work_dir = _work_dir(workspace, lineage, "finetune_vocoder")
     with step_run("finetune_vocoder", lineage, spool_dir=work_dir) as tracker:
-        _log_config(tracker, config, "stage3", data_root, lineage)
+        _log_config(tracker, config, "stage3", overrides, data_root, lineage)
         result = train_stage3(config, data_root, work_dir, stage1_dir=adapters_dir, stage2_dir=vocoder_dir,
                               tracker=tracker, resume=True)
         _require_complete(result)
@@ -160,10 +160,16 @@ def finetune_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, 
     return StepResult(out_dir=str(out_dir), metrics=_numbers(result.metrics, prefix="stage3."))
 
 
-def _log_config(tracker, config, stage: str, data_root: str, lineage: Lineage) -> None:
-    """What a reviewer compares stage runs by: a few parameters, the training data; config.yaml follows."""
-    tracker.log_params(config.tracked_params(stage))
+def _log_config(tracker, config, stage: str, overrides: Sequence[str], data_root: str, lineage: Lineage) -> None:
+    """What a reviewer compares stage runs by: a few parameters (and every overridden one), the
+    training data; the whole config.yaml follows as an artifact."""
+    tracker.log_params(config.tracked_params(stage, also=_override_keys(overrides)))
     _log_dataset(tracker, data_root, lineage, config.data.split, "training")
+
+
+def _override_keys(overrides: Sequence[str]) -> list[str]:
+    """`stage1.lr=0.01` -> `stage1.lr`: a deliberate change is a parameter of its own (as set, once)."""
+    return [item.split("=", 1)[0].strip() for item in overrides if "=" in item]
 
 
 def _log_dataset(tracker, data_root, lineage: Lineage, split: str, context: str) -> None:
@@ -214,6 +220,7 @@ def _require_complete(result) -> None:
 def evaluate(*, model_dir: str, data_root: str, lineage: Lineage, split: str, out_dir: str,
              max_utterances: int = 0) -> StepResult:
     """Objective metrics of the restorer and the baselines, and the HTML/Markdown report."""
+    from miipher2.evaluate.report import CHART_FILE
     from miipher2.evaluate.run import available_cpus, evaluate_model
 
     with step_run("evaluate", lineage) as tracker:
@@ -227,6 +234,12 @@ def evaluate(*, model_dir: str, data_root: str, lineage: Lineage, split: str, ou
         _log_dataset(tracker, data_root, lineage, split, "evaluation")
         tracker.log_metrics(_numbers({f"{r.system}.{r.metric}": r.mean for r in overall.itertuples()}))
         tracker.log_artifact(out_dir, "evaluation")
+    # The report also goes where reviewers compare pipeline runs: on the parent run, at its top
+    # level (MLflow's run comparison shows the files two runs have in common side by side).
+    with step_run("evaluate", lineage, into_parent=True) as parent:
+        for path in (result.markdown_path, Path(out_dir) / CHART_FILE, result.html_path):
+            if path is not None and Path(path).is_file():
+                parent.log_artifact(path)
     return StepResult(out_dir=str(out_dir), metrics=_numbers(result.headline),
                       files={"html": str(result.html_path), "markdown": str(result.markdown_path)})
 

@@ -144,11 +144,11 @@ def _run_local(args: argparse.Namespace) -> int:
     params = _pipeline_params(args)
     params["workspace"] = str(out / "workspace")
     result = run_local(params, out / "kfp")
-    _print_summary(result, os.environ["MLFLOW_TRACKING_URI"])
+    _print_summary(result, os.environ["MLFLOW_TRACKING_URI"], args.experiment)
     return 0 if result.ok else 1
 
 
-def _print_summary(result, tracking_uri: str) -> None:
+def _print_summary(result, tracking_uri: str, experiment: str) -> None:
     print()
     print(f"pipeline run folder: {result.run_dir}")
     print(f"wall time {result.wall_s:.0f} s; inside the steps {sum(result.step_seconds.values()):.0f} s; "
@@ -170,6 +170,21 @@ def _print_summary(result, tracking_uri: str) -> None:
         print(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri}")
     else:
         print(f"MLflow tracking server: {tracking_uri}")
+    link = _experiment_link(tracking_uri, experiment)
+    if link:
+        print(f"this experiment's runs: {link}")
+
+
+def _experiment_link(tracking_uri: str, experiment: str) -> str:
+    import mlflow
+
+    from miipher2.tracking import ui_url
+
+    try:
+        found = mlflow.MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001 — a summary line, not worth failing a finished run
+        return ""
+    return ui_url(tracking_uri, found.experiment_id) if found else ""
 
 
 def _repo_root() -> Path:

@@ -59,9 +59,11 @@ register_dataset_source(DvcDatasetSource)  # lets `mlflow.data.get_source(run in
 
 def dvc_dataset(data_root: str | Path, split: str, *, repo: str, revision: str, commit: str, md5: str,
                 path: str = "data"):
-    """The `split` manifest of a materialised DVC dataset version as an MLflow dataset (name `split@revision`)."""
+    """The `split` manifest of a materialised DVC dataset version as an MLflow dataset, named
+    `split@<short commit>` (or `split@revision` when the commit is unknown): `HEAD` or `main`
+    would name different data over time."""
     import mlflow
 
     frame = read_manifest(manifest_path(Path(data_root), split))
     source = DvcDatasetSource(repo=repo, revision=revision, commit=commit, path=path, md5=md5)
-    return mlflow.data.from_pandas(frame, source=source, name=f"{split}@{revision}", digest=md5)
+    return mlflow.data.from_pandas(frame, source=source, name=f"{split}@{commit[:12] or revision}", digest=md5)

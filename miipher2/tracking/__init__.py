@@ -14,9 +14,9 @@ tracking URI is configured (`MLFLOW_TRACKING_URI` or the `tracking_uri` argument
 
 from miipher2.tracking.runs import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, TrackingUnavailable, configured_tracking_uri,
                                     ensure_experiment, open_run_ids, require_tracking_server, server_reachable,
-                                    tracked_run)
+                                    tracked_run, ui_url)
 from miipher2.tracking.tracker import Backoff, Tracker, TrackingWarning
 
 __all__ = ["EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "Backoff", "Tracker", "TrackingUnavailable", "TrackingWarning",
            "configured_tracking_uri", "ensure_experiment", "open_run_ids", "require_tracking_server",
-           "server_reachable", "tracked_run"]
+           "server_reachable", "tracked_run", "ui_url"]

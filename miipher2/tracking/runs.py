@@ -80,6 +80,20 @@ def ensure_experiment(client, name: str) -> str:
     return experiment.experiment_id
 
 
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None,
+           local_ui: str = "http://127.0.0.1:5000") -> str:
+    """A link that opens the experiment's runs (or one run) in MLflow's model-training view.
+
+    MLflow 3.17's UI shows GenAI or model-training pages by a switch kept per browser (GenAI by
+    default) unless the URL says `workflowType=machine_learning`; the experiment tag
+    `mlflow.experimentKind` is what UIs without that switch and MLflow's API go by. For a local
+    store the link assumes `mlflow ui`'s default address.
+    """
+    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else local_ui
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{without_credentials(base).rstrip('/')}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+
+
 def open_run_ids() -> tuple[str, ...]:
     """Ids of the runs `tracked_run` has open here, innermost last."""
     return _open_runs.get()

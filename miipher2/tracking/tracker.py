@@ -66,8 +66,14 @@ class Tracker:
         if client is None:
             raise ValueError("an active Tracker needs an MlflowClient")
         self._temporary = spool_dir is None
-        directory = Path(tempfile.mkdtemp(prefix="miipher2-mlflow-")) if spool_dir is None else Path(spool_dir)
-        self.spool = Spool.for_run(directory, run_id, max_spool_bytes)
+        try:
+            directory = Path(tempfile.mkdtemp(prefix="miipher2-mlflow-")) if spool_dir is None else Path(spool_dir)
+            self.spool = Spool.for_run(directory, run_id, max_spool_bytes)
+        except OSError as err:  # an unwritable output directory must not stop the work: spool elsewhere
+            self._warn_once(f"cannot keep MLflow records in {spool_dir} ({err}); using a temporary directory")
+            self._temporary = True
+            directory = Path(tempfile.mkdtemp(prefix="miipher2-mlflow-"))
+            self.spool = Spool.for_run(directory, run_id, max_spool_bytes)
         earlier = [] if self._temporary else list(leftovers(directory, max_spool_bytes))
         self._sender = _Sender(client, [*earlier, self.spool], backoff, flush_timeout_s)
 
@@ -105,7 +111,13 @@ class Tracker:
 
     def log_dataset(self, dataset, context: str = "training") -> None:
         """An `mlflow.data` dataset as the run's input: the UI's Dataset column shows it."""
-        entity = dataset._to_mlflow_entity()
+        if self._closed:
+            return
+        try:
+            entity = dataset._to_mlflow_entity()
+        except Exception as err:  # noqa: BLE001 — a dataset MLflow cannot describe is not worth a crash
+            self._warn_once(f"cannot describe dataset {getattr(dataset, 'name', dataset)!r} for MLflow ({err})")
+            return
         fields = {name: getattr(entity, name) for name in ("name", "digest", "source_type", "source", "schema",
                                                            "profile")}
         self._queue({"op": "dataset", "dataset": fields, "context": context})

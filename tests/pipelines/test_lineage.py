@@ -16,7 +16,8 @@ LINEAGE = Lineage(git_commit="abc", dataset_revision="v2", dataset_md5="f00.dir"
 
 def test_tags_name_code_data_run_and_backbone():
     assert LINEAGE.tags() == {"git_commit": "abc", "mlflow.source.git.commit": "abc", "dataset_revision": "v2",
-                              "dataset_md5": "f00.dir", "kfp_run_id": "run-1", "backbone": "mhubert-147"}
+                              "dataset_md5": "f00.dir", "kfp_run_id": "run-1", "backbone": "mhubert-147",
+                              "mlflow.source.name": "miipher2 training pipeline", "mlflow.source.type": "JOB"}
 
 
 def test_metadata_round_trip():

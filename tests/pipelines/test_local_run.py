@@ -155,6 +155,11 @@ def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset
         assert entry.dataset.digest == lineage["dataset_md5"] and entry.dataset.source_type == "dvc"
         assert json.loads(entry.dataset.source)["commit"] == good
         assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == context
+    # A reviewer compares parent runs: the settings as params (each override its own), the report there too.
+    assert parent.data.params["stage1.steps"] == "2" and parent.data.params["stage1.checkpoint_every"] == "1"
+    assert "overrides" not in parent.data.params and len(parent.data.params) < 40
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "config.yaml", "report.md", "headline.png", "report.html"}
     experiment = client.get_experiment_by_name("e2e")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
 

@@ -70,3 +70,11 @@ def test_resuming_a_run_reopens_and_closes_it(uri):
         again.log_metrics({"pesq": 2.0})
     run = mlflow.MlflowClient(uri).get_run(first.run_id)
     assert run.data.metrics["pesq"] == 2.0 and run.info.status == "FINISHED"
+
+
+def test_ui_links_open_the_model_training_view_without_credentials():
+    from miipher2.tracking import ui_url
+
+    assert ui_url("https://user:pw@mlflow.example.com/", "7", "abc") == (
+        "https://mlflow.example.com/#/experiments/7/runs/abc?workflowType=machine_learning")
+    assert ui_url("sqlite:///mlflow.db", "1") == "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"

@@ -145,3 +145,14 @@ def test_unserialisable_values_warn_once_and_never_raise(tmp_path):
     with pytest.warns(TrackingWarning, match="not a number"):
         tracker.log_metrics({"loss": object()}, step=0)  # float(object()) fails before the spool
     tracker.close()
+
+
+def test_an_unwritable_spool_directory_falls_back_to_a_temporary_one(tmp_path):
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    client = FlakyClient()
+    with pytest.warns(TrackingWarning, match="temporary directory"):
+        tracker = Tracker("r", client=client, spool_dir=blocked / "sub", backoff=FAST)
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    tracker.close()
+    assert client.steps() == [1]
