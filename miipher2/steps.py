@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 
 from miipher2.files import atomic_write_text
 from miipher2.lineage import Lineage, git_commit, image_reference, kfp_run_url, start_pipeline_run, step_run
-from miipher2.tracking import require_tracking_server
+from miipher2.tracking import TrackingWarning, require_tracking_server
 from miipher2.tracking.runs import without_credentials
 
 _SAFE_CHARS = "-_."
@@ -187,8 +188,13 @@ def _dataset_input(data_root, lineage: Lineage, split: str):
         return None
     from miipher2.data.mlflow_dataset import dvc_dataset
 
-    return dvc_dataset(data_root, split, repo=lineage.dataset_source, revision=lineage.dataset_revision,
-                       commit=lineage.dataset_commit, md5=lineage.dataset_md5)
+    try:
+        return dvc_dataset(data_root, split, repo=lineage.dataset_source, revision=lineage.dataset_revision,
+                           commit=lineage.dataset_commit, md5=lineage.dataset_md5)
+    except Exception as err:  # noqa: BLE001 — an unreadable manifest is the validation report's to explain
+        warnings.warn(f"{manifest_path(data_root, split)}: not logged as an MLflow dataset ({err})", TrackingWarning,
+                      stacklevel=2)
+        return None
 
 
 def _work_dir(workspace: str, lineage: Lineage, step: str) -> Path:

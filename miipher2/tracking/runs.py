@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from miipher2.tracking.tracker import Backoff, Tracker, TrackingWarning
+from miipher2.tracking.tracker import FLUSH_TIMEOUT_S, Backoff, Tracker, TrackingWarning
 
 # mlflow's HTTP client retries for minutes by default; our own backoff (tracker.py) does the
 # waiting instead, so a single request should fail within seconds.
@@ -113,7 +113,7 @@ def tracked_run(
     required: bool = False,
     start_timeout_s: float = START_TIMEOUT_S,
     backoff: Backoff = Backoff(),
-    flush_timeout_s: float | None = None,
+    flush_timeout_s: float = FLUSH_TIMEOUT_S,
 ) -> Iterator[Tracker]:
     """Open (or resume, with `run_id`) an MLflow run, nested under `parent_run_id` or the enclosing run.
 
@@ -143,8 +143,7 @@ def tracked_run(
         yield Tracker()
         return
 
-    options = {} if flush_timeout_s is None else {"flush_timeout_s": flush_timeout_s}
-    tracker = Tracker(run_id, client=client, spool_dir=spool_dir, backoff=backoff, **options)
+    tracker = Tracker(run_id, client=client, spool_dir=spool_dir, backoff=backoff, flush_timeout_s=flush_timeout_s)
     monitor = _system_metrics(run_id, uri) if system_metrics else None
     token = _open_runs.set((*_open_runs.get(), run_id))
     status = "FAILED"
@@ -178,6 +177,8 @@ def _open_run(client, uri: str, run_name: str, *, run_id, parent, experiment, ta
                     raise TrackingUnavailable(f"MLflow at {without_credentials(uri)} refused to open run "
                                               f"{run_name!r}: {err.message}") from err
                 problem = err.message
+            except Exception as err:  # noqa: BLE001 — anything else may pass too; never crash the caller
+                problem = f"{type(err).__name__}: {err}"
         failures += 1
         pause = backoff.delay(failures)
         if time.monotonic() + pause > deadline:

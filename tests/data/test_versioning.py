@@ -122,6 +122,7 @@ def test_an_older_revision_is_read_from_the_remote(s3_repo, tmp_path):
     shutil.rmtree(repo_path / ".dvc" / "cache")  # the working copy holds v2; v1 exists only on S3
     info = fetch_dataset(repo_path, "v1", tmp_path / "v1")
     assert info.files == v1 == file_hashes(tmp_path / "v1")
+    assert info.commit == _git(repo_path, "rev-parse", "v1^{commit}")  # the tag, resolved
     assert info.md5 == dataset_md5(repo_path, "v1") != dataset_md5(repo_path, "v2")
     assert dvc.api.read("data/manifests/train.csv", repo=str(repo_path), rev="v1") == "utt_id,path\nv1,clean/en/a.wav\n"
     # Same version again: verified in place, nothing replaced.
@@ -261,3 +262,18 @@ def test_cli_prints_a_revision_hash_and_fetches_it(s3_repo, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["files"] == v1
     assert cli_main(["data", "hashes", "--repo", str(repo_path), "--rev", "nope"]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+def test_a_dataset_version_as_mlflow_sees_it_names_and_refetches_its_bytes(s3_repo, tmp_path):
+    from miipher2.data.mlflow_dataset import DvcDatasetSource, dvc_dataset
+
+    repo_path, _, v1, _ = s3_repo
+    info = fetch_dataset(repo_path, "v1", tmp_path / "v1")
+    dataset = dvc_dataset(info.path, "train", repo=str(repo_path), revision="v1", commit=info.commit, md5=info.md5)
+    entity = dataset._to_mlflow_entity()
+    assert entity.name == f"train@{info.commit[:12]}" and entity.digest == info.md5 and entity.source_type == "dvc"
+    assert len(entity.digest) <= 36  # MLflow's digest column
+    source = DvcDatasetSource.from_json(entity.source)
+    assert (source.revision, source.commit, source.path) == ("v1", info.commit, "data")
+    shutil.rmtree(repo_path / ".dvc" / "cache")
+    assert file_hashes(source.load(str(tmp_path / "again"))) == v1
