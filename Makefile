@@ -19,5 +19,7 @@ test-fast: setup
 bench: setup
 	$(BIN)/python -m bench
 
+# requirements.lock (run time, the image), requirements-dev.lock (tests), infra/mlflow/requirements.txt,
+# from what .venv holds: declare a new dependency in pyproject.toml, install it, then `make lock`.
 lock:
-	@{ echo "# Exact, tested dependency set. Regenerate with: make lock"; $(BIN)/pip freeze --exclude-editable | grep -v '^miipher2'; } > requirements.lock
+	$(BIN)/python scripts/lock.py

@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         params = {"dvc_repo": str(repo), "dataset_revision": "HEAD", "training_preset": "demo-cpu",
                   "overrides": args.overrides, "eval_max_utterances": args.eval_max_utterances,
-                  "experiment": "bench", "model_name": "bench", "workspace": f"{tmp}/workspace"}
-        result = run_local(params, f"{tmp}/kfp")
+                  "experiment": "bench", "model_name": "bench"}
+        result = run_local(params, f"{tmp}/kfp", f"{tmp}/workspace")
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load "
           f"{os.getloadavg()[0]:.1f}; overrides {args.overrides or 'none'}; completed: {result.ok}")
     print("| step | seconds inside the step |\n|---|---:|")

@@ -1,48 +1,55 @@
-"""Training step time: the clean-feature cache vs online features, and the GAN step per vocoder kind.
+"""Training step time: the clean-feature cache, and vocoder windows encoded with context.
 
-    .venv/bin/python -m bench.train_steps [--preset mhubert-147] [--size base] [--batch 2] [--seconds 4] [--steps 5]
-    .venv/bin/python -m bench.train_steps --vocoders [--rate 24000] [--segment-frames 32] [--batch 2] [--rounds 5]
+(GAN step time per vocoder kind: bench/vocoder_steps.py.)
 
-`--vocoders`: one GAN step (discriminator step + generator step, `stages.vocoder_step`) per vocoder
-kind (paper-size generators, or `--vocoder-size tiny` as in demo-cpu) with its full discriminator
-set and with the small one, on the same batch of cached 768-dim features (mHuBERT-147's width) and
-waves. Kinds run interleaved, one step each per round, so all see the same load; medians of
-`--rounds` after a warm-up round.
+    .venv/bin/python -m bench.train_steps [--preset mhubert-147] [--size base] [--batch 2] [--seconds 10]
+                                          [--source-rate 48000] [--steps 3]
 
-Stage 1: the cache replaces the frozen encoder's forward pass on the clean wave (the target)
-by a file read; the adapted forward + backward on the degraded wave remain. Stage 2: the cache
-replaces the encoder's forward pass on the whole clean item by a read of its features; the
-HiFi-GAN step on a window remains. Both use the real step functions of miipher2.train.stages,
-a randomly initialised backbone of the real width (`base`: mHuBERT-147's 768-dim layers up to
-its feature layer 6), real safetensors cache files, and report the median of `--steps` timed
-steps after one warm-up, as wall time and as process CPU time (robust to other load).
+Real code paths throughout: `batch` files of `seconds` of speech-like audio recorded at
+`source-rate` are written as a dataset, `TrainingDataset` builds every sample from the files
+(decoding, resampling, content keys, cached features), and the step functions of
+miipher2.train.stages train on them, with a randomly initialised backbone of the real width
+(`base`: e.g. mHuBERT-147's 768-dim layers up to its feature layer 6) and a 24 kHz vocoder.
+Each figure is the median of `--steps` timed (sample building + step) runs after one warm-up,
+as wall time and as process CPU time (robust to other load).
+
+Rows:
+- stage 1 / stage 2, online vs cached clean features;
+- stage 2 without the cache and stage 3: the window's features from the whole item (what the
+  steps did before) vs from the window plus WINDOW_CONTEXT_SECONDS either side (now), for the
+  sample building + encoder part alone (what changed) and for the whole step (+ the GAN update);
+- sample building alone: decoding and resampling the whole source file at 16 kHz and at the
+  vocoder's rate, then slicing (before) vs decoding only what the sample needs (now).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from miipher2.train.config import load_config
+from miipher2.audio import read_audio, write_audio
+from miipher2.data.manifest import COLUMNS, manifest_path, write_manifest
+from miipher2.train.config import ENCODER_SAMPLE_RATE, load_config
+from miipher2.train.data import TrainingDataset, collate, load_items
 from miipher2.train.distributed import DistContext
 from miipher2.train.feature_cache import FeatureCache
-from miipher2.train.stages import (build_encoder, build_objective, build_vocoder, cut_windows, optimizer_for,
-                                   scheduler_for, stage1_step, vocoder_step)
+from miipher2.train.stages import (build_encoder, build_objective, build_vocoder, cut_windows, fill_feature_cache,
+                                   optimizer_for, scheduler_for, stage1_step, vocoder_step, window_context)
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 NO_AUTOCAST = contextlib.nullcontext()
 
 
 def timed(fn, steps: int) -> tuple[float, float]:
-    fn()  # warm-up: allocator, oneDNN kernels
+    fn()  # warm-up: allocator, oneDNN kernels, page cache
     wall, cpu = [], []
     for _ in range(steps):
         w, c = time.perf_counter(), time.process_time()
@@ -52,145 +59,121 @@ def timed(fn, steps: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
-def vocoder_steps(rate: int, segment_frames: int, batch: int, rounds: int, generator_size: str,
-                  feature_dim: int = 768) -> None:
-    """GAN step time per vocoder kind and discriminator size, interleaved rounds."""
-    from types import SimpleNamespace
+def write_dataset(root: Path, count: int, seconds: float, rate: int) -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(count):
+        t = np.arange(int(seconds * rate)) / rate
+        phase = 2 * np.pi * np.cumsum(120 + 20 * i + 10 * np.sin(2 * np.pi * 0.7 * t)) / rate
+        envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t + i))
+        wave = 0.2 * envelope * sum(np.sin(k * phase) / k for k in range(1, 8)) + 0.005 * rng.standard_normal(t.size)
+        relative = f"clean/en/s/u{i}.wav"
+        write_audio(root / relative, wave.astype(np.float32), rate)
+        rows.append({"utt_id": f"u{i}", "path": relative, "duration_s": seconds, "sample_rate": rate, "channels": 1,
+                     "language": "en", "speaker": "s", "split": "train", "transcript": ""})
+    write_manifest(pd.DataFrame(rows, columns=list(COLUMNS)), manifest_path(root, "train"))
 
-    kinds = [(kind, size) for kind in ("hifigan", "vocos", "wavefit") for size in ("full", "small")]
-    cleaner = SimpleNamespace(feature_dim=feature_dim, hop_length=320)  # 50 Hz frames, like every backbone but USM
-    torch.manual_seed(0)
-    features = torch.randn(batch, segment_frames, feature_dim)
-    steps, generators, params = {}, {}, {}
-    for kind, size in kinds:
-        config = load_config("paper", [f"vocoder.kind={kind}", f"vocoder.sample_rate={rate}",
-                                       f"vocoder.size={generator_size}", f"vocoder.discriminator={size}",
-                                       f"stage2.segment_frames={segment_frames}"])
-        stage = config.stage2
-        objective = build_objective(config, stage)
-        vocoder, discriminator = build_vocoder(config, cleaner), objective.make_discriminator()
-        opts = (optimizer_for(vocoder.parameters(), stage), optimizer_for(discriminator.parameters(), stage))
-        step = vocoder_step(None, vocoder, discriminator, vocoder, discriminator, objective, opts,
-                            tuple(scheduler_for(o, stage) for o in opts), stage, CPU, NO_AUTOCAST,
-                            use_adapters=False, hop_out=vocoder.hop_length)
-        wave = 0.1 * torch.randn(batch, segment_frames * vocoder.hop_length)
-        steps[kind, size] = lambda step=step, wave=wave: step({"features": features, "target_wave": wave})
-        generators[kind, size] = lambda objective=objective, vocoder=vocoder: torch.stack(
-            [w.pow(2).mean() for w in objective.generate(vocoder, features)]).sum().backward()
-        params[kind, size] = (sum(p.numel() for p in vocoder.parameters()) / 1e6,
-                              sum(p.numel() for p in discriminator.parameters()) / 1e6)
-    times = {key: [] for key in kinds}
-    generator_cpu = {key: [] for key in kinds}
-    for round_ in range(rounds + 1):  # round 0 warms up
-        for key in kinds:
-            w, c = time.perf_counter(), time.process_time()
-            steps[key]()
-            if round_:
-                times[key].append((time.perf_counter() - w, time.process_time() - c))
-            if key[1] == "full":  # the generator alone: forward + backward, no discriminator
-                c = time.process_time()
-                generators[key]()
-                generator_cpu[key].append(time.process_time() - c)
-    print(f"GAN step, {generator_size} generators, {rate} Hz, batch {batch} x {segment_frames} frames "
-          f"({segment_frames * 0.02:.2f} s), {torch.get_num_threads()} threads, median of {rounds} interleaved rounds")
-    print("\n| kind | discriminators | params G / D | step wall | step CPU | CPU vs HiFi-GAN (full) "
-          "| generator alone, fwd + bwd CPU |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    base = statistics.median(c for _, c in times["hifigan", "full"])
-    for kind, size in kinds:
-        wall = statistics.median(w for w, _ in times[kind, size])
-        cpu = statistics.median(c for _, c in times[kind, size])
-        g, d = params[kind, size]
-        alone = f"{statistics.median(generator_cpu[kind, size]):.2f} s" if generator_cpu[kind, size] else ""
-        print(f"| {kind} | {size} | {g:.1f}M / {d:.1f}M | {wall:.2f} s | {cpu:.2f} s | {base / cpu:.2f}x cheaper "
-              f"| {alone} |")
-    print(f"load average: {os.getloadavg()[0]:.1f}")
+
+def noisy(wave: np.ndarray, rng: np.random.Generator):
+    """A cheap degradation: the real simulator's cost scales with the audio degraded (see bench.degrade)."""
+    return wave + 0.05 * rng.standard_normal(wave.size).astype(np.float32), []
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vocoders", action="store_true", help="GAN step time per vocoder kind instead")
-    parser.add_argument("--rate", type=int, default=24000, help="--vocoders: output sample rate")
-    parser.add_argument("--segment-frames", type=int, default=32, help="--vocoders: feature frames per window")
-    parser.add_argument("--rounds", type=int, default=5, help="--vocoders: timed rounds")
     parser.add_argument("--preset", default="mhubert-147")
     parser.add_argument("--size", default="base", choices=("tiny", "base"))
     parser.add_argument("--vocoder-size", default="paper", choices=("tiny", "paper"))
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=10.0, help="item length (the paper preset's data.max_seconds)")
+    parser.add_argument("--source-rate", type=int, default=48000)
+    parser.add_argument("--vocoder-rate", type=int, default=24000)
+    parser.add_argument("--segment-frames", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.vocoders:
-        vocoder_steps(args.rate, args.segment_frames, args.batch, args.rounds, args.vocoder_size)
-        return
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    write_dataset(work / "data", args.batch, args.seconds, args.source_rate)
     config = load_config("demo-cpu", [f"encoder.preset={args.preset}", "encoder.source=random:" + args.size,
-                                      "encoder.adapter_dim=1024", "vocoder.sample_rate=16000",
-                                      f"vocoder.size={args.vocoder_size}", "stage2.segment_frames=32",
+                                      "encoder.adapter_dim=1024", f"vocoder.sample_rate={args.vocoder_rate}",
+                                      f"vocoder.size={args.vocoder_size}",
+                                      f"stage2.segment_frames={args.segment_frames}",
+                                      f"stage3.segment_frames={args.segment_frames}",
                                       "vocoder.kind=hifigan", "vocoder.discriminator=full"])  # as recorded
     encoder = build_encoder(config, work, CPU.device)
     cleaner = encoder.cleaner
-    rng = np.random.default_rng(0)
-    samples = int(args.seconds * 16000)
-    clean = torch.from_numpy(rng.standard_normal((args.batch, samples)).astype(np.float32) * 0.1)
-    degraded = clean + 0.05 * torch.randn_like(clean)
-    lengths = torch.full((args.batch,), samples)
-    keys = [f"utt{i}@0-{samples}" for i in range(args.batch)]
-    cache = FeatureCache(work, encoder.identity)
-    with torch.no_grad():
-        features, frames = cleaner(clean, lengths, use_adapters=False)
-    for key, feats, n in zip(keys, features, frames.tolist()):
-        cache.put(key, feats[:n])
+    items = load_items(work / "data", "train", args.seconds, 0)
+    cache = FeatureCache(work, encoder.identity, "fp32")
+    fill_feature_cache(encoder, cache, work / "data", items, CPU, config.runtime, args.batch, 0)
     print(f"backbone {args.preset}/{args.size}: {sum(p.numel() for p in cleaner.encoder.parameters()) / 1e6:.1f}M "
-          f"encoder parameters up to layer {cleaner.feature_layer}, feature dim {cleaner.feature_dim}; "
-          f"batch {args.batch} x {args.seconds:g} s; {args.threads} threads")
+          f"encoder parameters up to layer {cleaner.feature_layer}, feature dim {cleaner.feature_dim}; batch "
+          f"{args.batch} x {args.seconds:g} s items from {args.source_rate} Hz files; {args.segment_frames}-frame "
+          f"windows, {args.vocoder_size} vocoder at {args.vocoder_rate} Hz; {args.threads} thread(s)")
 
+    def run(step, **fields):
+        dataset = TrainingDataset(work / "data", items, seed=0, **fields)
+        return lambda: step(collate([dataset[(i, 0)] for i in range(len(items))]))
+
+    rows = []
     # ---- stage 1
     cleaner.train()
     optimizer = optimizer_for(cleaner.adapter_parameters(), config.stage1)
     step1 = stage1_step(cleaner, cleaner, optimizer, scheduler_for(optimizer, config.stage1), config.stage1, CPU,
                         NO_AUTOCAST)
+    rows.append(("stage 1", "online clean features", timed(run(step1, degrade=noisy, clean=True), args.steps)))
+    rows.append(("stage 1", "cached clean features", timed(run(step1, degrade=noisy, features=cache), args.steps)))
 
-    def stage1_cached():
-        cached = [cache.get(k) for k in keys]
-        step1({"degraded": degraded, "degraded_lengths": lengths,
-               "features": torch.nn.utils.rnn.pad_sequence(cached, batch_first=True),
-               "features_lengths": torch.tensor([c.shape[0] for c in cached])})
-
-    def stage1_online():
-        step1({"degraded": degraded, "degraded_lengths": lengths, "clean": clean, "clean_lengths": lengths})
-
-    rows = [("stage 1", timed(stage1_online, args.steps), timed(stage1_cached, args.steps))]
-
-    # ---- stage 2 (the cleaner is frozen from here on)
+    # ---- stages 2 and 3 (the cleaner is frozen from here on)
     cleaner.eval().requires_grad_(False)
-    stage = config.stage2
-    objective = build_objective(config, stage)
-    vocoder, discriminator = build_vocoder(config, cleaner), objective.make_discriminator()
-    opts = (optimizer_for(vocoder.parameters(), stage), optimizer_for(discriminator.parameters(), stage))
-    step2 = vocoder_step(cleaner, vocoder, discriminator, vocoder, discriminator, objective, opts,
-                         tuple(scheduler_for(o, stage) for o in opts), stage, CPU, NO_AUTOCAST,
-                         use_adapters=False, hop_out=vocoder.hop_length)
-    window = torch.full((args.batch,), 0.5, dtype=torch.float64)
+    whole_item = int(args.seconds * ENCODER_SAMPLE_RATE) // cleaner.hop_length * cleaner.hop_length
+    for name, stage, use_adapters in (("stage 2", config.stage2, False), ("stage 3", config.stage3, True)):
+        objective = build_objective(config, stage)
+        vocoder, discriminator = build_vocoder(config, cleaner), objective.make_discriminator()
+        opts = (optimizer_for(vocoder.parameters(), stage), optimizer_for(discriminator.parameters(), stage))
+        step = vocoder_step(cleaner, vocoder, discriminator, vocoder, discriminator, objective, opts,
+                            tuple(scheduler_for(o, stage) for o in opts), stage, CPU, NO_AUTOCAST,
+                            use_adapters=use_adapters)
+        windows = dict(target_rate=args.vocoder_rate, window_frames=stage.segment_frames, frame_hop=cleaner.hop_length)
+        audio = dict(degrade=noisy) if use_adapters else dict(clean=True)
+        wave_name = "degraded" if use_adapters else "clean"
 
-    def stage2_cached():
-        cached = [cache.get(k) for k in keys]
-        padded = torch.nn.utils.rnn.pad_sequence(cached, batch_first=True)
-        feats, wave = cut_windows(padded, torch.tensor([c.shape[0] for c in cached]), clean, window,
-                                  stage.segment_frames, vocoder.hop_length)
-        step2({"features": feats, "target_wave": wave})
+        def features_only(batch, use_adapters=use_adapters, wave_name=wave_name, window=stage.segment_frames):
+            with torch.no_grad():  # what the step does before the GAN: encode, cut the window
+                features, _ = cleaner(batch[wave_name], batch[f"{wave_name}_lengths"], use_adapters=use_adapters)
+            cut_windows(features, batch["window_offset"].tolist(), window)
 
-    def stage2_online():
-        step2({"clean": clean, "clean_lengths": lengths, "target_wave": clean, "window": window})
+        for variant, context in (("the whole item (before)", whole_item), ("window + context (now)",
+                                                                             window_context(cleaner))):
+            rows.append((f"{name}, sample + features only", variant,
+                         timed(run(features_only, context=context, **audio, **windows), args.steps)))
+            rows.append((f"{name}, whole step", variant, timed(run(step, context=context, **audio, **windows),
+                                                               args.steps)))
+        if not use_adapters:
+            rows.append((f"{name}, whole step", "cached clean features", timed(run(step, features=cache, **windows),
+                                                                              args.steps)))
 
-    rows.append(("stage 2", timed(stage2_online, args.steps), timed(stage2_cached, args.steps)))
-    print("\n| step | online clean features (wall / CPU) | cached (wall / CPU) | speed-up (wall / CPU) |")
-    print("|---|---:|---:|---:|")
-    for name, (ow, oc), (cw, cc) in rows:
-        print(f"| {name} | {ow:.3f} s / {oc:.3f} s | {cw:.3f} s / {cc:.3f} s | {ow / cw:.2f}x / {oc / cc:.2f}x |")
+    # ---- sample building alone (stage 3 fields)
+    hop_out = cleaner.hop_length * args.vocoder_rate // ENCODER_SAMPLE_RATE
+
+    def whole_file_reads():
+        for item in items:  # what TrainingDataset.read did: decode + resample the whole file, then slice
+            path = work / "data" / item.path
+            read_audio(path, sample_rate=ENCODER_SAMPLE_RATE)[0][item.start: item.end]
+            read_audio(path, sample_rate=args.vocoder_rate)[0][: config.stage3.segment_frames * hop_out]
+
+    windowed = TrainingDataset(work / "data", items, seed=0, clean=True, target_rate=args.vocoder_rate,
+                               window_frames=config.stage3.segment_frames, frame_hop=cleaner.hop_length,
+                               context=window_context(cleaner))
+    rows.append(("sample building", "whole files decoded and resampled (before)", timed(whole_file_reads, args.steps)))
+    rows.append(("sample building", "window + context decoded (now)",
+                 timed(lambda: [windowed[(i, 0)] for i in range(len(items))], args.steps)))
+
+    print("\n| what | features | wall | CPU |\n|---|---|---:|---:|")
+    for step_name, variant, (wall, cpu) in rows:
+        print(f"| {step_name} | {variant} | {wall:.3f} s | {cpu:.3f} s |")
+    print(f"\n/proc/loadavg at the end: {Path('/proc/loadavg').read_text().split()[:3]}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import torch
 
 from miipher2.audio import read_audio
 from miipher2.train.config import load_config
+from miipher2.train.data import window_start
 from miipher2.train.distributed import DistContext
 from miipher2.train.stages import (build_encoder, build_objective, build_vocoder, cut_windows, optimizer_for,
                                    scheduler_for, vocoder_step)
@@ -76,7 +77,7 @@ def main() -> None:
                 optimizer_for(discriminator.parameters(), stage, lr=stage.discriminator_lr))
         step = vocoder_step(cleaner, vocoder, discriminator, vocoder, discriminator, objective, opts,
                             tuple(scheduler_for(o, stage) for o in opts), stage, CPU, contextlib.nullcontext(),
-                            use_adapters=False, hop_out=vocoder.hop_length)
+                            use_adapters=False)
         runs[kind] = (vocoder, objective, step, [], [])  # + held-out mel per checkpoint, CPU s per step
 
     def held_out_mel(vocoder, objective) -> float:
@@ -94,9 +95,11 @@ def main() -> None:
         picks = rng.integers(len(train), size=stage.batch_size)
         feats = torch.nn.utils.rnn.pad_sequence([train[i][0] for i in picks], batch_first=True)
         waves = torch.nn.utils.rnn.pad_sequence([train[i][1] for i in picks], batch_first=True)
-        lengths = torch.tensor([train[i][0].shape[0] for i in picks])
-        batch_features, batch_waves = cut_windows(feats, lengths, waves, torch.from_numpy(rng.random(len(picks))),
-                                                  frames, hop)
+        offsets = [window_start(train[i][0].shape[0], fraction, frames)
+                   for i, fraction in zip(picks, rng.random(len(picks)))]
+        batch_features = cut_windows(feats, offsets, frames)
+        waves = torch.nn.functional.pad(waves, (0, max(offsets) * hop + frames * hop))  # zeros past each end
+        batch_waves = torch.stack([wave[o * hop: (o + frames) * hop] for wave, o in zip(waves, offsets)])
         for kind, (vocoder, objective, step, curve, cpu) in runs.items():
             started = time.process_time()
             step({"features": batch_features, "target_wave": batch_waves})

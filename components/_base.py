@@ -23,3 +23,10 @@ IMAGE = os.environ.get("MIIPHER2_IMAGE", DEFAULT_IMAGE)
 def component(func):
     """Declare `func` as a step that runs in our image."""
     return dsl.component(func, base_image=IMAGE, install_kfp_package=False)
+
+
+def name_image(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Tell the step which image it runs in (a pod cannot see its own image): MLflow lineage records it."""
+    from miipher2.lineage import IMAGE_ENV
+
+    return task.set_env_variable(IMAGE_ENV, IMAGE)

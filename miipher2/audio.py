@@ -38,6 +38,33 @@ def read_audio(path: str | os.PathLike, *, mono: bool = True, sample_rate: int |
     return wave, rate
 
 
+def read_audio_span(path: str | os.PathLike, start: int, stop: int, *, sample_rate: int | None = None) -> np.ndarray:
+    """Mono samples [start, stop) at `sample_rate`: `read_audio(path, sample_rate=...)[0][start:stop]`,
+    decoding only that span plus what the resampling filter reaches beyond it.
+
+    `resample` (scipy's polyphase filter) computes output sample k from the input samples within
+    10 * max(up, down) / up of k * down / up. Decoding from a multiple of `down` keeps the output
+    grid aligned with the whole file's, so the samples are the same as resampling the whole file.
+    """
+    try:
+        with sf.SoundFile(str(path)) as handle:
+            native, frames = handle.samplerate, handle.frames
+            rate = sample_rate or native
+            up, down = rate // gcd(rate, native), native // gcd(rate, native)
+            reach = -(-10 * max(up, down) // up) + 1 if up != down else 0
+            first = min(frames, max(0, (start * down // up - reach) // down * down))
+            last = min(frames, -(-stop * down // up) + reach)
+            if handle.seekable():
+                handle.seek(first)
+            else:  # some streams cannot seek: read up to the span and drop it
+                handle.read(first, dtype="float32")
+            wave = handle.read(max(0, last - first), dtype="float32", always_2d=True).mean(axis=1)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(f"{path}: cannot decode audio ({err})") from err
+    offset = first * up // down
+    return resample(wave, native, rate)[max(0, start - offset) : max(0, stop - offset)]
+
+
 def resample(wave: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     """Band-limited polyphase resampling along the first axis (exact rational ratio)."""
     if orig_rate == target_rate:

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,10 @@ from typing import Any
 
 from miipher2.files import atomic_write_text
 from miipher2.launch import Launch
-from miipher2.lineage import Lineage, git_commit, start_pipeline_run, step_run
+from miipher2.lineage import Lineage, git_commit, image_reference, kfp_run_url, start_pipeline_run, step_run
 from miipher2.reuse import TrainedStage, trained_stage
+from miipher2.tracking import TrackingWarning, require_tracking_server
+from miipher2.tracking.runs import without_credentials
 
 # Keys a KFP backend adds to the metadata of every artifact it records (its driver's
 # RecordArtifact, backend/src/v2/metadata/client.go): they are not ours and not metrics.
@@ -74,30 +77,37 @@ def validate_data(*, repo: str, revision: str, remote: str, workspace: str, repo
                   overrides: Sequence[str], backbone: str, experiment: str, kfp_run_id: str) -> ValidatedData:
     """Fetch `revision` of the dataset through DVC, open the pipeline's MLflow parent run, validate.
 
-    Runs before anything else so that a bad dataset or a bad config stops the pipeline before
-    any GPU is requested; the config is resolved here for the same reason. It also fetches the
-    backbone into the shared Hub cache once, before the training steps start side by side.
+    Runs before anything else so that a bad dataset, a bad config or a configured but unreachable
+    tracking server stops the pipeline before any GPU is requested; the config is resolved here for
+    the same reason. It also fetches the backbone into the shared Hub cache once, before the
+    training steps start side by side.
     """
     from miipher2.data.validate import validate_dataset
-    from miipher2.data.versioning import materialise_dataset, platform_remote, shown_repo
+    from miipher2.data.versioning import materialise_dataset, platform_remote
     from miipher2.hub import prefetch
 
     started = time.perf_counter()
+    require_tracking_server()
     config = training_config(training_preset, overrides, backbone)
     info = materialise_dataset(repo, revision or None, Path(workspace) / "datasets", remote=remote or None)
     remote_used = platform_remote(remote or None)[0] or "(default)"
     prefetch(config.encoder.source)
     lineage = Lineage(git_commit=git_commit(), dataset_revision=revision or "HEAD", dataset_md5=info.md5,
-                      kfp_run_id=kfp_run_id, backbone=config.encoder.preset, experiment=experiment)
-    lineage = start_pipeline_run(lineage, f"training {kfp_run_id}", params={
-        "dataset_revision": lineage.dataset_revision, "dvc_remote": remote_used,
-        "training_preset": training_preset, "backbone": config.encoder.preset, "overrides": list(overrides),
-        "config": config.to_dict()})
+                      kfp_run_id=kfp_run_id, backbone=config.encoder.preset, experiment=experiment,
+                      dataset_commit=info.commit, dataset_source=without_credentials(repo), image=image_reference(),
+                      kfp_run_url=kfp_run_url(kfp_run_id))
 
     Path(report_dir).mkdir(parents=True, exist_ok=True)
+    config_file = Path(report_dir) / "config.yaml"
+    atomic_write_text(config_file, config.to_yaml())
+    lineage = start_pipeline_run(lineage, f"training {kfp_run_id}", params={
+        "dataset_revision": lineage.dataset_revision, "dvc_remote": remote_used,
+        "training_preset": training_preset, **config.tracked_params(also=_override_keys(overrides))},
+        dataset=_dataset_input(info.path, lineage, "train"), artifacts=[config_file])
+
     hashes = Path(report_dir) / "dataset_files.json"
-    _write_json(hashes, {"repo": shown_repo(repo), "revision": lineage.dataset_revision, "md5": info.md5,
-                         "files": info.files})
+    _write_json(hashes, {"repo": lineage.dataset_source, "revision": lineage.dataset_revision,
+                         "commit": lineage.dataset_commit, "md5": info.md5, "files": info.files})
     with step_run("validate", lineage) as tracker:
         report = validate_dataset(info.path, report_dir=report_dir)
         tracker.log_params({"dataset_revision": lineage.dataset_revision, "dvc_remote": remote_used,
@@ -105,6 +115,7 @@ def validate_data(*, repo: str, revision: str, remote: str, workspace: str, repo
         tracker.log_metrics({"rows_checked": report.rows_checked, "failures": len(report.failures),
                              "failed_rows": report.failed_rows, **{f"rows_{s}": n for s, n in report.rows.items()}})
         tracker.set_tags({"dataset_ok": report.ok})
+        _log_dataset(tracker, info.path, lineage, "train", "validation")
         for path in (*report.report_paths.values(), hashes):
             tracker.log_artifact(path, "validation")
     return ValidatedData(ok=report.ok, data_root=str(info.path), lineage=lineage, rows=dict(report.rows),
@@ -117,7 +128,8 @@ def train_adapters(*, data_root: str, lineage: Lineage, training_preset: str, ov
                    workspace: str, out_dir: str, launch: Launch | None = None) -> StepResult:
     """Stage 1: parallel adapters on (degraded -> clean) features."""
     config = _stage_config(training_preset, overrides, lineage, workspace)
-    with step_run("train_pa", lineage) as tracker:
+    with step_run("train_pa", lineage, spool_dir=_spool_dir(workspace, lineage, "train_pa")) as tracker:
+        _log_config(tracker, config, "stage1", overrides, data_root, lineage)
         stage = trained_stage("train_pa", "stage1", config=config, data_root=data_root, lineage=lineage,
                               workspace=workspace, launch=launch or Launch(), tracker=tracker)
         return _publish_stage(stage, out_dir, tracker)
@@ -127,7 +139,8 @@ def pretrain_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, 
                      workspace: str, out_dir: str, launch: Launch | None = None) -> StepResult:
     """Stage 2: the vocoder on clean features; independent of stage 1, so it runs beside it."""
     config = _stage_config(training_preset, overrides, lineage, workspace)
-    with step_run("pretrain_vocoder", lineage) as tracker:
+    with step_run("pretrain_vocoder", lineage, spool_dir=_spool_dir(workspace, lineage, "pretrain_vocoder")) as tracker:
+        _log_config(tracker, config, "stage2", overrides, data_root, lineage)
         stage = trained_stage("pretrain_vocoder", "stage2", config=config, data_root=data_root, lineage=lineage,
                               workspace=workspace, launch=launch or Launch(), tracker=tracker)
         return _publish_stage(stage, out_dir, tracker)
@@ -140,7 +153,8 @@ def finetune_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, 
     from miipher2.train.stages import export_model
 
     config = _stage_config(training_preset, overrides, lineage, workspace)
-    with step_run("finetune_vocoder", lineage) as tracker:
+    with step_run("finetune_vocoder", lineage, spool_dir=_spool_dir(workspace, lineage, "finetune_vocoder")) as tracker:
+        _log_config(tracker, config, "stage3", overrides, data_root, lineage)
         stage = trained_stage("finetune_vocoder", "stage3", config=config, data_root=data_root, lineage=lineage,
                               workspace=workspace, launch=launch or Launch(), tracker=tracker,
                               earlier={"stage1": adapters_dir, "stage2": vocoder_dir})
@@ -159,6 +173,48 @@ def _stage_config(training_preset: str, overrides: Sequence[str], lineage: Linea
     config = training_config(training_preset, overrides, lineage.backbone, workspace)
     offline_if_cached(config.encoder.source)
     return config
+def _log_config(tracker, config, stage: str, overrides: Sequence[str], data_root: str, lineage: Lineage) -> None:
+    """What a reviewer compares stage runs by: a few parameters (and every overridden one), the
+    training data; the whole config.yaml follows as an artifact."""
+    tracker.log_params(config.tracked_params(stage, also=_override_keys(overrides)))
+    _log_dataset(tracker, data_root, lineage, config.data.split, "training")
+
+
+def _override_keys(overrides: Sequence[str]) -> list[str]:
+    """`stage1.lr=0.01` -> `stage1.lr`: a deliberate change is a parameter of its own (as set, once)."""
+    return [item.split("=", 1)[0].strip() for item in overrides if "=" in item]
+
+
+def _log_dataset(tracker, data_root, lineage: Lineage, split: str, context: str) -> None:
+    dataset = _dataset_input(data_root, lineage, split)
+    if dataset is not None:
+        tracker.log_dataset(dataset, context=context)
+
+
+def _dataset_input(data_root, lineage: Lineage, split: str):
+    """The split's manifest as an MLflow dataset with its DVC source; None when untracked or absent."""
+    from miipher2.data.manifest import manifest_path
+    from miipher2.tracking import configured_tracking_uri
+
+    if configured_tracking_uri() is None or not manifest_path(data_root, split).is_file():
+        return None
+    from miipher2.data.mlflow_dataset import dvc_dataset
+
+    try:
+        return dvc_dataset(data_root, split, repo=lineage.dataset_source, revision=lineage.dataset_revision,
+                           commit=lineage.dataset_commit, md5=lineage.dataset_md5)
+    except Exception as err:  # noqa: BLE001 — an unreadable manifest is the validation report's to explain
+        warnings.warn(f"{manifest_path(data_root, split)}: not logged as an MLflow dataset ({err})", TrackingWarning,
+                      stacklevel=2)
+        return None
+
+
+def _spool_dir(workspace: str, lineage: Lineage, step: str) -> Path:
+    """Where `step` spools its MLflow records while the server is away, keyed by the KFP run: a
+    retry of the step (same run) sends what the killed attempt left."""
+    from miipher2.data.paths import path_component
+
+    return Path(workspace) / "runs" / path_component(lineage.kfp_run_id) / step
 
 
 def _publish_stage(stage: TrainedStage, out_dir: str, tracker) -> StepResult:
@@ -182,17 +238,26 @@ def _stage_metrics(stage: TrainedStage, prefix: str) -> dict[str, float]:
 def evaluate(*, model_dir: str, data_root: str, lineage: Lineage, split: str, out_dir: str,
              max_utterances: int = 0) -> StepResult:
     """Objective metrics of the restorer and the baselines, and the HTML/Markdown report."""
-    from miipher2.evaluate.run import evaluate_model
+    from miipher2.evaluate.report import CHART_FILE
+    from miipher2.evaluate.run import available_cpus, evaluate_model
 
     with step_run("evaluate", lineage) as tracker:
         # Tracking off inside: this step's child run gets the metrics, with the lineage tags.
+        # One single-threaded scoring process per CPU of the pod (or of this machine, locally).
         result = evaluate_model(model_dir, data_root, split=split, out_dir=out_dir,
-                                max_utterances=max_utterances or None, tracking=False)
+                                max_utterances=max_utterances or None, workers=available_cpus(), tracking=False)
         overall = result.aggregates[result.aggregates["group_by"] == "all"]
         tracker.log_params({"split": split, "max_utterances": max_utterances,
                             "utterances": result.table["utt_id"].nunique(), "systems": ",".join(result.systems)})
+        _log_dataset(tracker, data_root, lineage, split, "evaluation")
         tracker.log_metrics(_numbers({f"{r.system}.{r.metric}": r.mean for r in overall.itertuples()}))
         tracker.log_artifact(out_dir, "evaluation")
+    # The report also goes where reviewers compare pipeline runs: on the parent run, at its top
+    # level (MLflow's run comparison shows the files two runs have in common side by side).
+    with step_run("evaluate", lineage, into_parent=True) as parent:
+        for path in (result.markdown_path, Path(out_dir) / CHART_FILE, result.html_path):
+            if path is not None and Path(path).is_file():
+                parent.log_artifact(path)
     return StepResult(out_dir=str(out_dir), metrics=_numbers(result.headline),
                       files={"html": str(result.html_path), "markdown": str(result.markdown_path)})
 
@@ -225,8 +290,8 @@ def register(*, model_dir: str, lineage: Lineage, model_name: str, metrics: dict
         client = mlflow.MlflowClient()
         for key, value in {**lineage.tags(), "pipeline_step": "register"}.items():
             client.set_tag(version.tags["source_run"], key, value)
-        for key in ("dataset_md5", "kfp_run_id", "backbone"):
-            client.set_model_version_tag(model_name, version.version, key, getattr(lineage, key))
+        for key, value in lineage.version_tags().items():
+            client.set_model_version_tag(model_name, version.version, key, value)
         parent.log_metrics(metrics)
         parent.set_tags({"registered_model": model_name, "registered_version": version.version})
     return {"name": model_name, "version": str(version.version)}

@@ -64,6 +64,8 @@ class ClusterConfig:
     settings_config_map: str = "miipher2-settings"
     settings: dict[str, str] = field(default_factory=lambda: {
         "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI", "HF_HOME": "HF_HOME", "DVC_REMOTE_URL": "MIIPHER2_DVC_REMOTE_URL"})
+    # Keys the ConfigMap may lack: the KFP UI's address makes runs link to their KFP run.
+    optional_settings: dict[str, str] = field(default_factory=lambda: {"KFP_UI_URL": "KFP_UI_URL"})
     workspace_pvc: str = "miipher2-workspace"  # ReadWriteMany: both stage-1/2 pods mount it at once
     workspace_mount: str = "/workspace"
     shm_size: str = "16Gi"                     # DataLoader workers exchange batches through /dev/shm
@@ -101,6 +103,8 @@ def with_credentials(task: dsl.PipelineTask, cluster: ClusterConfig) -> None:
         kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=keys, optional=True)
     kubernetes.use_config_map_as_env(task, config_map_name=cluster.settings_config_map,
                                      config_map_key_to_env=cluster.settings)
+    kubernetes.use_config_map_as_env(task, config_map_name=cluster.settings_config_map,
+                                     config_map_key_to_env=cluster.optional_settings, optional=True)
 
 
 def on_gpu(task: dsl.PipelineTask, cluster: ClusterConfig, gpus: int = 1) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Optional
 
 from kfp import dsl
 
+from components._base import name_image
 from components.merge_shards import merge_shards
 from components.plan_shards import plan_shards
 from components.restore_shard import restore_shard
@@ -74,6 +75,7 @@ def build_restoration_pipeline(cluster: Optional[ClusterConfig] = ClusterConfig(
         # the check itself (and could serve a manifest whose audio has since changed).
         for task in (planned, restored, merged):
             task.set_caching_options(False)
+            name_image(task)
         if cluster is not None:
             for task in (planned, restored, merged):
                 with_credentials(task, cluster)  # S3 for the corpus, MLflow for the model

@@ -3,12 +3,14 @@
     compile_pipeline(build_training_pipeline(ClusterConfig()), "training.yaml")
     submit("https://kfp.example.com", training_pipeline, {"dvc_repo": "https://github.com/org/miipher2", ...}, token=...,
            namespace="miipher2", service_account="miipher2-pipeline")
+    upload("https://kfp.example.com", "training.yaml", "miipher2-training", version="<git sha>", token=...)
     result = run_local({"training_preset": "demo-cpu", ...}, "outputs/kfp", "outputs/workspace")  # the training pipeline
 
 The local run uses KFP's SubprocessRunner with the current interpreter (`use_venv=False`): each
 step is a subprocess running the same component code a cluster pod runs, with the pipeline's
 Kubernetes settings ignored. Credentials and the MLflow tracking URI reach the steps through the
-environment, exactly as the cluster's Secrets and ConfigMap deliver them there.
+environment, exactly as the cluster's Secrets and ConfigMap deliver them there. With
+`runner=pipelines.containers.docker_runner(...)` each step runs in the pipeline image instead.
 """
 
 from __future__ import annotations
@@ -30,16 +32,40 @@ from pipelines.training import PIPELINE_NAME, build_training_pipeline
 
 # Compiled output that changes without any change to the pipeline (normalised for the golden copy).
 _VOLATILE = re.compile(r"^sdkVersion: .*$", re.MULTILINE)
+# registry/name:tag or registry/name@sha256:digest (lower-case path components, as registries demand;
+# no implicit `latest`).
+_IMAGE_REFERENCE = re.compile(r"[a-z0-9][a-z0-9._-]*(?::[0-9]+)?(?:/[a-z0-9][a-z0-9._-]*)+"
+                              r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})")
 
 
-def compile_pipeline(pipeline_func, output: str | os.PathLike) -> Path:
+def compile_pipeline(pipeline_func, output: str | os.PathLike, image: str | None = None) -> Path:
     """Write the spec (IR YAML) of a pipeline function, e.g. `build_training_pipeline(cluster)`, to
-    `output`, atomically."""
+    `output`, atomically.
+
+    `image` replaces the image every step runs in (components._base.IMAGE). Pinned by digest,
+    `NAME@sha256:<64 hex digits>`, the compiled pipeline records exactly which image it expects:
+    a tag can be moved to another image after compiling, a digest cannot."""
     from kfp import compiler
 
     with atomic_file(output) as tmp:
         compiler.Compiler().compile(pipeline_func, str(tmp))
+        if image is not None:
+            tmp.write_text(with_image(tmp.read_text(), image))
     return Path(output)
+
+
+def with_image(compiled_yaml: str, image: str) -> str:
+    """The compiled spec with every step's `image:` (components._base.IMAGE) replaced by `image`."""
+    from components._base import IMAGE
+
+    if not _IMAGE_REFERENCE.fullmatch(image):
+        raise ValueError(f"not an image reference: {image!r} "
+                         "(expected REGISTRY/NAME:TAG or, pinned, REGISTRY/NAME@sha256:<64 hex digits>)")
+    replaced, count = re.subn(rf"^(\s*image: ){re.escape(IMAGE)}$", lambda m: m.group(1) + image, compiled_yaml,
+                              flags=re.MULTILINE)
+    if not count:
+        raise ValueError(f"no step of the compiled pipeline runs {IMAGE}: nothing to replace")
+    return replaced
 
 
 def normalised(compiled_yaml: str) -> str:
@@ -103,6 +129,25 @@ def require_backend(client, host: str = "", minimum: tuple[int, ...] = MIN_KFP_B
     return version
 
 
+def upload(host: str, package: str | os.PathLike, pipeline_name: str, version: str, token: str | None = None,
+           description: str | None = None) -> tuple[str, str]:
+    """Upload a compiled pipeline as version `version` of `pipeline_name` (created on first use).
+
+    CI uploads each commit's compile (its image named by digest) this way; returns the KFP
+    pipeline id and version id.
+    """
+    import kfp
+
+    client = kfp.Client(host=host, existing_token=token)
+    pipeline_id = client.get_pipeline_id(pipeline_name)
+    if pipeline_id is None:
+        pipeline_id = client.upload_pipeline(str(package), pipeline_name=pipeline_name,
+                                             description=description).pipeline_id
+    uploaded = client.upload_pipeline_version(str(package), pipeline_version_name=version, pipeline_id=pipeline_id,
+                                              description=description)
+    return pipeline_id, uploaded.pipeline_version_id
+
+
 @dataclass
 class LocalRun:
     ok: bool                      # the whole chain ran (False: stopped at validation or a step failed)
@@ -124,28 +169,33 @@ class LocalRun:
 
 
 def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike, workspace: str | os.PathLike,
-              cluster: ClusterConfig | None = None) -> LocalRun:
-    """Run the training pipeline here with KFP's local SubprocessRunner; never raises for a failed step.
+              cluster: ClusterConfig | None = None, runner=None) -> LocalRun:
+    """Run the training pipeline here with KFP's local runner; never raises for a failed step.
 
     The pipeline is the cluster's (`cluster`, default `ClusterConfig()`) with its workspace at
     `workspace`: Kubernetes settings are ignored locally, but how many processes train each
-    stage (`gpus_per_step`, torchrun with gloo on CPU) is honoured."""
+    stage (`gpus_per_step`, torchrun with gloo on CPU) is honoured. `runner`: KFP's
+    SubprocessRunner in this environment by default; `pipelines.containers.docker_runner()` runs
+    every step in the pipeline image instead (`workspace` then lies under `pipeline_root`, which
+    the runner mounts at the same path)."""
     cluster = dataclasses.replace(cluster or ClusterConfig(), workspace_mount=str(Path(workspace).absolute()))
     # GPU requests and resource limits are cluster settings; locally they are meant to be ignored.
     run_dir, wall = run_pipeline_locally(build_training_pipeline(cluster), params, pipeline_root, PIPELINE_NAME,
+                                         runner=runner,
                                          ignore=(r"Task '.*': settings .* have no effect in the current local runner",))
     return _collect(run_dir, wall)
 
 
 def run_pipeline_locally(pipeline_func, params: dict[str, Any], pipeline_root: str | os.PathLike, pipeline_name: str,
-                         ignore: tuple[str, ...] = ()) -> tuple[Path, float]:
-    """Run any of our pipelines with KFP's local SubprocessRunner; returns (its run folder, wall seconds)."""
+                         ignore: tuple[str, ...] = (), runner=None) -> tuple[Path, float]:
+    """Run any of our pipelines with a KFP local runner; returns (its run folder, wall seconds)."""
     from kfp import local
 
     pipeline_root = Path(pipeline_root).absolute()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     before = set(pipeline_root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=False)
+    local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+               raise_on_error=False)
     started = time.perf_counter()
     original_print = builtins.print
     try:

@@ -29,6 +29,7 @@ from kfp import dsl
 
 from components import (close_pipeline_run, evaluate, finetune_vocoder, pretrain_vocoder, register, reject_dataset,
                         train_pa, validate_data)
+from components._base import name_image
 from miipher2.launch import Launch
 from pipelines.cluster import (LOCAL_WORKSPACE, TRAINING_STEPS, ClusterConfig, on_cpu, on_gpu, with_credentials,
                                with_retries, with_workspace)
@@ -95,6 +96,7 @@ def build_training_pipeline(cluster: Optional[ClusterConfig] = ClusterConfig(), 
         steps = [validated, *training.values(), evaluation, registered, rejected, closing]
         for task in steps:
             task.set_caching_options(False)
+            name_image(task)
         if cluster is None:
             return
         for task in steps:

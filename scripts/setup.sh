@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(espeak-ng sox pocketsphinx-testdata libsndfile1 chromium postgresql)
+# libopus0: Opus's SILK mode for the pinned demo corpus; qemu-user: its CPU-independence test.
+# podman, runc and mmdebstrap build and run the pipeline image in the container tests (no Docker engine here).
+SYSTEM_PACKAGES=(espeak-ng sox pocketsphinx-testdata libsndfile1 libopus0 qemu-user chromium postgresql podman runc
+                 mmdebstrap)
 VENV=.venv
 PY=${PYTHON:-python3}
 STAMP=$VENV/.setup-stamp
@@ -20,7 +23,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-want=$(cat requirements.lock pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.lock requirements-dev.lock pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/miipher2" ]; then
   echo "setup: up to date"
   exit 0
@@ -35,7 +38,7 @@ pip_install() {
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip_install --upgrade pip 'setuptools>=68,<81' wheel
 # torch is pinned to the CPU wheel on this machine's disk; a newer pin would pull a multi-GB CUDA build.
-pip_install -r requirements.lock
+pip_install -r requirements.lock -r requirements-dev.lock
 pip_install --no-deps --no-build-isolation -e .
 
 # speechbrain 1.1.2 imports torchaudio; the only torchaudio installable beside torch 2.13 is a

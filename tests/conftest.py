@@ -25,3 +25,11 @@ def tone(rng):
     """One second of a 440 Hz tone plus a little noise at 16 kHz: a stand-in for speech."""
     t = np.arange(16000) / 16000
     return (0.3 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """docker or podman, for the tests that build and run our images (tests/containers.py)."""
+    from tests.containers import engine_or_skip
+
+    return engine_or_skip()

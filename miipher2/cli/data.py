@@ -31,6 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ensure.add_argument("--remote", default=None, help="DVC remote (default: the repository's default remote)")
     ensure.set_defaults(func=run_ensure_demo)
 
+    pin = commands.add_parser("pin-demo", help="rebuild the demo corpus and make it the version data.dvc pins",
+                              description="For deliberate changes to the corpus: rebuild data/, `dvc add` it, record "
+                                          "the tool versions in data.dvc (meta: built_with) and `dvc push` it. "
+                                          "Commit data.dvc afterwards.")
+    pin.add_argument("--repo", type=Path, default=Path("."), help="repository root holding data.dvc (default: %(default)s)")
+    pin.add_argument("--remote", default=None, help="DVC remote to push to (default: the repository's default remote)")
+    pin.set_defaults(func=run_pin_demo)
+
     pull = commands.add_parser("pull", help="dvc pull the dataset tracked by data.dvc")
     pull.add_argument("--repo", type=Path, default=Path("."), help="repository root (default: %(default)s)")
     pull.add_argument("--remote", default=None, help="DVC remote (default: the repository's default remote)")
@@ -73,6 +81,18 @@ def run_ensure_demo(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"demo dataset {recorded}: {outcome}")
+    return 0
+
+
+def run_pin_demo(args: argparse.Namespace) -> int:
+    from miipher2.data.versioning import DatasetVersionError, pin_demo_dataset
+
+    try:
+        md5 = pin_demo_dataset(args.repo, remote=args.remote)
+    except DatasetVersionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"data.dvc now pins {md5}; commit it: git add data.dvc && git commit")
     return 0
 
 

@@ -6,7 +6,6 @@ Exit codes: 0 success, 2 unusable input (missing data or model), with a message 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 EXIT_BAD_INPUT = 2
@@ -33,12 +32,13 @@ def add_asr_and_workers(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--asr", default=DEFAULT_ASR,
                         help=f"faster-whisper model: local directory or hub id (default {DEFAULT_ASR}, English only)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scoring processes")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes that score (and run the baseline); default: the CPUs this process may use")
 
 
 def _evaluate(args) -> int:
     from miipher2.evaluate.evalset import EvaluationSetError
-    from miipher2.evaluate.run import evaluate_model
+    from miipher2.evaluate.run import available_cpus, evaluate_model
 
     try:
         model = args.model
@@ -47,7 +47,7 @@ def _evaluate(args) -> int:
 
             model = load_registered_restorer(model)  # its RegistryError is a RuntimeError
         result = evaluate_model(model, args.data, args.split, args.out, max_utterances=args.max_utterances,
-                                baseline=not args.no_baseline, asr=args.asr, workers=args.workers,
+                                baseline=not args.no_baseline, asr=args.asr, workers=args.workers or available_cpus(),
                                 metric_groups=[g.strip() for g in args.metrics.split(",") if g.strip()])
     except (EvaluationSetError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

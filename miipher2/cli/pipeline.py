@@ -1,6 +1,7 @@
-"""`miipher2 pipeline compile | submit | run --local`: the training pipeline from the command line.
+"""`miipher2 pipeline compile | upload | submit | run --local`: the training pipeline from the command line.
 
     miipher2 pipeline compile -o training.yaml
+    miipher2 pipeline upload --host https://kfp.example.com --package training.yaml --version "$GIT_SHA"
     miipher2 pipeline submit --host https://kfp.example.com --dvc-repo https://github.com/org/miipher2 \
         --namespace miipher2 --service-account miipher2-pipeline
     miipher2 pipeline run --local                  # the demo: demo corpus, demo-cpu preset, local MLflow
@@ -33,7 +34,20 @@ def register(subparsers) -> None:
     compile_.add_argument("-o", "--output", default="training.yaml", help="output file (default: %(default)s)")
     compile_.add_argument("--no-cluster", action="store_true",
                           help="leave out the Kubernetes settings (GPUs, Secrets, volumes, retries)")
+    compile_.add_argument("--image", default=None, metavar="REF",
+                          help="the image every step runs in, best pinned by digest (NAME@sha256:...) so that the "
+                               "compiled pipeline records exactly which image it expects; after pushing: "
+                               "docker inspect --format '{{index .RepoDigests 0}}' IMAGE "
+                               "(default: $MIIPHER2_IMAGE, else the tag in components/_base.py)")
     compile_.set_defaults(func=_compile)
+
+    upload = actions.add_parser("upload", help="upload a compiled pipeline as a new version on a KFP endpoint")
+    upload.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+    upload.add_argument("--token", default=None, help="bearer token for the KFP API (default: $KFP_TOKEN)")
+    upload.add_argument("--package", required=True, help="compiled pipeline YAML (from `compile`)")
+    upload.add_argument("--name", default="miipher2-training", help="KFP pipeline name (default: %(default)s)")
+    upload.add_argument("--version", required=True, help="version name, e.g. the git commit")
+    upload.set_defaults(func=_upload)
 
     submit = actions.add_parser("submit", help="start a run on a Kubeflow Pipelines endpoint")
     add_submit_arguments(submit)
@@ -112,8 +126,22 @@ def _compile(args: argparse.Namespace) -> int:
     from pipelines.run import compile_pipeline
     from pipelines.training import build_training_pipeline
 
-    path = compile_pipeline(build_training_pipeline(None if args.no_cluster else ClusterConfig()), args.output)
-    print(f"compiled pipeline written to {path}")
+    try:
+        path = compile_pipeline(build_training_pipeline(None if args.no_cluster else ClusterConfig()), args.output,
+                                image=args.image)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"compiled pipeline written to {path}" + (f" (image {args.image})" if args.image else ""))
+    return 0
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from pipelines.run import upload
+
+    token = args.token or os.environ.get("KFP_TOKEN") or None
+    pipeline_id, version_id = upload(args.host, args.package, args.name, args.version, token=token)
+    print(f"uploaded {args.package} as version {args.version!r} ({version_id}) of pipeline {args.name} ({pipeline_id})")
     return 0
 
 
@@ -137,11 +165,11 @@ def _run_local(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
     result = run_local(_pipeline_params(args), out / "kfp", out / "workspace",
                        ClusterConfig(gpus_per_step=args.processes))
-    _print_summary(result, os.environ["MLFLOW_TRACKING_URI"])
+    _print_summary(result, os.environ["MLFLOW_TRACKING_URI"], args.experiment)
     return 0 if result.ok else 1
 
 
-def _print_summary(result, tracking_uri: str) -> None:
+def _print_summary(result, tracking_uri: str, experiment: str) -> None:
     print()
     print(f"pipeline run folder: {result.run_dir}")
     print(f"wall time {result.wall_s:.0f} s; inside the steps {sum(result.step_seconds.values()):.0f} s; "
@@ -163,6 +191,21 @@ def _print_summary(result, tracking_uri: str) -> None:
         print(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri}")
     else:
         print(f"MLflow tracking server: {tracking_uri}")
+    link = _experiment_link(tracking_uri, experiment)
+    if link:
+        print(f"this experiment's runs: {link}")
+
+
+def _experiment_link(tracking_uri: str, experiment: str) -> str:
+    import mlflow
+
+    from miipher2.tracking import ui_url
+
+    try:
+        found = mlflow.MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001 — a summary line, not worth failing a finished run
+        return ""
+    return ui_url(tracking_uri, found.experiment_id) if found else ""
 
 
 def _repo_root() -> Path:

@@ -1,17 +1,30 @@
 """`miipher2 register` and `miipher2 promote`: the model registry and the CI gate.
 
-Exit codes: 0 success (or nothing to do), 1 the gate refused the challenger, 2 unusable input
-(missing data, model, alias or tracking server), with a message naming what and where.
+`promote` exit codes (CI branches on them; see PROMOTE_EXIT_CODES):
+    0  promoted, or nothing to do (the challenger already is the champion)
+    1  internal error: the gate could not decide (tracking server unreachable, a bug); retry or investigate
+    2  bad input: no tracking URI, unknown model, no challenger, unloadable version, bad evaluation set or rule
+    3  refused: the challenger lost, or the champion moved while the gate evaluated
+Messages name what and where. `register` uses 0 and 2 the same way.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import traceback
 
 from miipher2.cli.evaluate import add_asr_and_workers
 
-EXIT_REFUSED, EXIT_BAD_INPUT = 1, 2
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_REFUSED = 0, 1, 2, 3
+PROMOTE_EXIT_CODES = f"""exit codes:
+  {EXIT_OK}  promoted, or nothing to do (the challenger already is the champion)
+  {EXIT_INTERNAL}  internal error: no decision (e.g. tracking server unreachable); retry or investigate
+  {EXIT_BAD_INPUT}  bad input: no tracking URI, unknown model or alias, unloadable version, bad data or rule
+  {EXIT_REFUSED}  refused: the challenger lost, or the champion moved during the evaluation
+
+The report (a Markdown table) goes to stdout and to OUT/promotion.md (+ promotion.json) for CI to attach."""
 
 
 def register(subparsers) -> None:
@@ -26,7 +39,8 @@ def register(subparsers) -> None:
 
     prom = subparsers.add_parser("promote", help="CI gate: move alias champion to the challenger only if it wins",
                                  description="Evaluate NAME@challenger and NAME@champion on the same evaluation set; "
-                                             "a paired bootstrap per rule decides. Exit 1 when refused.")
+                                             "a paired bootstrap per rule decides.",
+                                 epilog=PROMOTE_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     prom.add_argument("--model", required=True, help="registered model name")
     prom.add_argument("--data", default="data", help="dataset root holding manifests/{split}_degraded.csv (default: data)")
     prom.add_argument("--split", default="test")
@@ -37,7 +51,8 @@ def register(subparsers) -> None:
                       help="absolute bar for the first champion, repeatable "
                            "(default: dnsmos_ovrl:2.5, speaker_similarity:0.5, wer:0.5)")
     prom.add_argument("--max-utterances", type=int)
-    prom.add_argument("--out", default="promotion", help="where the evaluation of both versions is written")
+    prom.add_argument("--out", default="promotion",
+                      help="where the evaluation of both versions and the report (promotion.md/.json) are written")
     prom.add_argument("--allow-no-improvement", action="store_true",
                       help="promote a challenger that is merely not worse on every rule")
     prom.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
@@ -66,25 +81,27 @@ def _register(args) -> int:
 
 def _promote(args) -> int:
     from miipher2.evaluate.evalset import EvaluationSetError
-    from miipher2.registry import (
-        DEFAULT_FLOORS,
-        DEFAULT_RULES,
-        GateRule,
-        RegistryError,
-        promote,
-    )
+    from miipher2.evaluate.run import available_cpus
+    from miipher2.registry import DEFAULT_FLOORS, DEFAULT_RULES, GateRule, RegistryError, promote
+    from miipher2.registry.promotion import REPORT_MARKDOWN
 
     try:
         rules = [GateRule(m, float(v)) for m, v in _pairs(args.rule)] if args.rule else list(DEFAULT_RULES)
         floors = {m: float(v) for m, v in _pairs(args.floor)} if args.floor else dict(DEFAULT_FLOORS)
         decision = promote(args.model, args.data, split=args.split, rules=rules, floors=floors,
-                           max_utterances=args.max_utterances, out_dir=args.out, workers=args.workers, asr=args.asr,
+                           max_utterances=args.max_utterances, out_dir=args.out,
+                           workers=args.workers or available_cpus(), asr=args.asr,
                            tracking_uri=args.tracking_uri, require_improvement=not args.allow_no_improvement)
     except (RegistryError, EvaluationSetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(decision.render())
-    return 0 if decision.promote or decision.no_op else EXIT_REFUSED
+    except Exception as err:  # noqa: BLE001 — CI must tell "could not decide" from "refused"
+        traceback.print_exc(file=sys.stderr)
+        print(f"internal error: the gate could not decide ({type(err).__name__}: {err})", file=sys.stderr)
+        return EXIT_INTERNAL
+    print(decision.markdown())
+    print(f"report: {args.out}/{REPORT_MARKDOWN}", file=sys.stderr)
+    return EXIT_OK if decision.promote or decision.no_op else EXIT_REFUSED
 
 
 def _pairs(options: list[str]) -> list[tuple[str, str]]:

@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"model directory written by Restorer.save_pretrained (default: ${MODEL_ENV})")
     parser.add_argument("--backbone-source", default=None, metavar="HUB_ID_OR_DIR",
                         help="where to load the frozen encoder from, overriding the model's config (e.g. a local mirror)")
+    parser.add_argument("--allow-other-backbone", action="store_true",
+                        help="load even when the encoder's weights differ from those the adapters were trained on")
     parser.add_argument("--batch-size", type=int, default=8, help="chunks run together, and files loaded together (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--chunk-seconds", type=float, default=30.0, help="longest piece restored at once (default: %(default)s)")
@@ -53,6 +55,7 @@ def run_restore(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()
     try:
         restorer = Restorer.from_pretrained(args.model, args.device, backbone_source=args.backbone_source,
+                                            allow_other_backbone=args.allow_other_backbone,
                                             chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
                                             batch_size=args.batch_size)
     except (OSError, ValueError) as err:

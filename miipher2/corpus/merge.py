@@ -23,6 +23,7 @@ from miipher2.corpus.plan import ROW_COLUMN, Plan, load_plan, read_shard_rows
 from miipher2.corpus.records import Layout, write_json
 from miipher2.corpus.shard import ShardResult
 from miipher2.corpus.sources import open_store
+from miipher2.corpus.tracking import record_summary
 from miipher2.data.manifest import COLUMNS, write_manifest
 from miipher2.files import atomic_write_text
 
@@ -92,6 +93,7 @@ def merge_shards(out_dir) -> Summary:
     )
     write_json(layout.summary_json, summary.to_dict())
     atomic_write_text(layout.summary_markdown, summary_markdown(summary))
+    record_summary(layout, summary)
     return summary
 
 

@@ -19,7 +19,6 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
 
 MODELS_SCHEME = "models:/"
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
@@ -58,20 +57,13 @@ def load_restorer(ref: ModelRef, device: str | None = None, **options):
 
 
 def directory_identity(directory: Path) -> str:
+    """A hash of every file of the model directory: its config.yaml records the frozen encoder's
+    fingerprint (and any local encoder is bundled inside), so this names the whole model."""
     config_file = directory / "config.yaml"
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory}: not a Miipher-2 model directory (no config.yaml)")
     digest = hashlib.sha256(b"miipher2-model-directory\n")
     _hash_tree(digest, directory)
-    try:
-        source = str(yaml.safe_load(config_file.read_text())["backbone"]["source"])
-    except (KeyError, TypeError, yaml.YAMLError) as err:
-        raise ValueError(f"{config_file}: no backbone.source ({err})") from err
-    digest.update(b"backbone\n")
-    if Path(source).is_dir():
-        _hash_tree(digest, Path(source))
-    else:
-        digest.update(f"hub:{source}\n".encode())
     return digest.hexdigest()
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 from miipher2.corpus.models import ModelRef, resolve_model
 from miipher2.corpus.records import Layout, recipe_fingerprint, write_json
 from miipher2.corpus.sources import load_manifest, open_store
+from miipher2.corpus.tracking import start_restoration_run
 from miipher2.data.manifest import MANIFEST_DIR, read_manifest, write_manifest
 from miipher2.data.paths import UnsafePathError, path_component
 from miipher2.locking import LockHeld, exclusive_lock
@@ -154,6 +155,7 @@ def plan_corpus(manifest_uri: str, model: str | ModelRef, out_dir, shards: int, 
             write_json(layout.plan, plan.to_dict())
     except LockHeld as err:
         raise PlanConflict(f"{layout.root} is being planned by another process right now ({err})") from err
+    start_restoration_run(plan, layout)
     return plan
 
 

@@ -29,6 +29,7 @@ from miipher2.corpus.models import load_restorer, resolve_model
 from miipher2.corpus.plan import ROW_COLUMN, Plan, load_plan, read_shard_rows
 from miipher2.corpus.records import FileRecord, Layout, sha256_file, valid_record, write_json, write_record
 from miipher2.corpus.sources import audio_duration, decode_audio, open_store
+from miipher2.corpus.tracking import log_shard, shard_run
 
 log = logging.getLogger(__name__)
 SCORE_RATE = 16000  # DNSMOS's rate
@@ -95,16 +96,25 @@ def restore_shard(out_dir, shard: int, *, batch_size: int = 8, workers: int = 2,
     """Restore shard `shard` of the plan under `out_dir`; returns (and writes) its result.
 
     `load` returns the Restorer (default: the plan's model on `device`); it is called only when
-    a file needs restoring, so callers restoring several shards can share one loaded model.
+    a file needs restoring, so callers restoring several shards can share one loaded model. The
+    shard is a child run of the plan's MLflow run (`miipher2.corpus.tracking`).
     """
     if batch_size < 1 or workers < 1:
         raise ValueError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
-    started = time.perf_counter()
     layout = Layout(out_dir)
     plan = load_plan(layout.root)
     if not 0 <= shard < plan.shards:
         raise ValueError(f"shard {shard} does not exist: the plan has shards 0..{plan.shards - 1}")
     load = load or model_loader(plan, device, batch_size)
+    with shard_run(layout, plan.plan_id, shard) as tracker:
+        result = _restore_shard(layout, plan, shard, batch_size, workers, score, load)
+        log_shard(tracker, result)
+    return result
+
+
+def _restore_shard(layout: Layout, plan: Plan, shard: int, batch_size: int, workers: int, score: bool,
+                   load: Callable[[], object]) -> ShardResult:
+    started = time.perf_counter()
     rows = read_shard_rows(layout.root, shard)
     store = open_store(plan.audio_root)
     result = ShardResult(plan.plan_id, shard, plan.recipe)

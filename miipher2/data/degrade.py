@@ -67,6 +67,7 @@ class DegradationConfig:
     mp3_bitrate_modes: tuple[str, ...] = effects.MP3_BITRATE_MODES
     vorbis_compression: tuple[float, float] = (0.3, 1.0)
     opus_compression: tuple[float, float] = (0.75, 1.0)
+    opus_silk_kbps: tuple[float, float] = (6.0, 40.0)  # SILK's range: narrowband at 6, wideband from ~9
     p_packet_loss: float = 0.1
     packet_loss_rate: tuple[float, float] = (0.02, 0.15)
     packet_ms: float = 20.0
@@ -79,7 +80,8 @@ class DegradationConfig:
         for name, low, high in (("rt60_s", 0.01, 10.0), ("snr_db", -20.0, 100.0), ("gain_db", -60.0, 40.0),
                                 ("clipped_fraction", 0.0, 0.5), ("lowpass_hz", 1.0, 1e6),
                                 ("mp3_compression", 0.0, 0.999), ("vorbis_compression", 0.0, 1.0),
-                                ("opus_compression", 0.0, 1.0), ("packet_loss_rate", 0.0, 1.0)):
+                                ("opus_compression", 0.0, 1.0), ("opus_silk_kbps", 6.0, 40.0),
+                                ("packet_loss_rate", 0.0, 1.0)):
             setattr(self, name, _check(name, getattr(self, name), low, high))
         self.synthetic_noises = _check_choices("synthetic_noises", self.synthetic_noises, ("white", "pink", "brown"))
         self.mp3_bitrate_modes = _check_choices("mp3_bitrate_modes", self.mp3_bitrate_modes, effects.MP3_BITRATE_MODES)
@@ -98,6 +100,18 @@ class DegradationConfig:
 
     def probability(self, effect: str) -> float:
         return float(getattr(self, f"p_{effect}"))
+
+    @classmethod
+    def reproducible(cls) -> "DegradationConfig":
+        """The default chain with CPU-independent codecs only, for copies pinned by hash (data.dvc):
+        Opus in its SILK speech mode (`opus_silk`) instead of libsndfile's `opus`, whose CELT mode
+        encodes differently on Intel and AMD processors (see miipher2.data.opus)."""
+        weights = {("opus_silk" if codec == "opus" else codec): w for codec, w in cls().codec_weights.items()}
+        return cls(codec_weights=weights)
+
+    def cpu_dependent_codecs(self) -> list[str]:
+        """Codecs this config may apply whose output differs between CPU models."""
+        return [c for c, w in self.codec_weights.items() if w > 0 and not effects.CODECS[c].reproducible]
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "DegradationConfig":
@@ -270,16 +284,19 @@ class Degrader:
     def _codec(self, wave, rng):
         codec = str(rng.choice(self._codecs, p=self._codec_p))
         record: dict[str, Any] = {"effect": "codec", "codec": codec}
-        level = mode = None
+        level = mode = bitrate = None
         if effects.CODECS[codec].compressible:
             level = round(float(rng.uniform(*getattr(self.config, f"{codec}_compression"))), 3)
             record["compression_level"] = level
         if codec == "mp3":
             mode = str(rng.choice(self.config.mp3_bitrate_modes))
             record["bitrate_mode"] = mode
+        if codec == "opus_silk":
+            bitrate = round(float(rng.uniform(*self.config.opus_silk_kbps)), 1)
+            record["bitrate_kbps"] = bitrate
         # Encode within full scale (codecs clip/wrap beyond it), then restore the level.
         safe, limit_db = effects.limit_peak(wave, OUTPUT_PEAK)
-        out, kbps = effects.codec_round_trip(safe, self.sample_rate, codec, level, mode)
+        out, kbps = effects.codec_round_trip(safe, self.sample_rate, codec, level, mode, bitrate)
         if limit_db:
             out = effects.apply_gain(out, -limit_db)
         record["kbps"] = round(kbps, 1)
@@ -360,9 +377,14 @@ def materialize_degraded(root: str | Path, splits=("val", "test"), seed: int = 0
     The degraded manifest keeps the manifest's columns (path now the degraded copy) and adds
     clean_path and degradation (the applied chain as JSON). Every utterance gets at least one
     effect. Unusable rows are logged and skipped; the rest continue. Returns {split: manifest}.
+    The default config is `DegradationConfig.reproducible()`: the same bytes on any CPU.
     """
     root = Path(root)
-    config = config if config is not None else DegradationConfig()
+    config = config if config is not None else DegradationConfig.reproducible()
+    cpu_dependent = config.cpu_dependent_codecs()
+    if cpu_dependent:
+        log.warning("codecs %s encode differently on other CPU models: this degraded copy will not rebuild "
+                    "byte for byte elsewhere (DegradationConfig.reproducible() avoids them)", cpu_dependent)
     if config.min_effects < 1:
         config = DegradationConfig.from_dict({**config.to_dict(), "min_effects": 1})
     degrader = Degrader.from_dataset(root, config)

@@ -291,6 +291,24 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def toolchain() -> dict[str, str]:
+    """The machine architecture and the versions of everything whose output lands in the corpus's
+    bytes. data.dvc records them (`meta: built_with`), so a rebuild that misses the pinned hash can
+    say what differs."""
+    import platform
+
+    import pyroomacoustics
+    import scipy
+    import soundfile
+
+    from miipher2.data import opus
+
+    return {"machine": platform.machine(), "espeak-ng": synth.espeak_version(), "libopus": opus.version(),
+            "soundfile": f"{soundfile.__version__} (libsndfile {soundfile.__libsndfile_version__})",
+            "numpy": np.__version__, "scipy": scipy.__version__, "pandas": pd.__version__,
+            "pyroomacoustics": pyroomacoustics.__version__}
+
+
 def load_summary(root: str | Path) -> DemoSummary:
     """Summary of an existing corpus (what `build_demo` would have printed)."""
     root = Path(root)

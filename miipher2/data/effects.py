@@ -18,6 +18,7 @@ from scipy import fft as sfft
 from scipy import signal
 
 from miipher2.audio import resample
+from miipher2.data import opus
 
 # ---------------------------------------------------------------- levels
 
@@ -138,6 +139,19 @@ def _rt60_from_decay(decay: np.ndarray, sample_rate: int) -> float | None:
     return float(-60.0 / slope) if slope < 0 else None
 
 
+def spectral_product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x * y for complex spectra, from separately rounded real products and sums.
+
+    numpy's complex multiply fuses multiply-adds in its AVX2/AVX-512 loops and not in its SSE
+    baseline, so `x * y` rounds differently on CPUs without FMA; these real operations round the
+    same on every CPU (the demo corpus's bytes are pinned by hash).
+    """
+    product = np.empty(np.broadcast(x, y).shape, dtype=np.result_type(x, y))
+    product.real = x.real * y.real - x.imag * y.imag
+    product.imag = x.real * y.imag + x.imag * y.real
+    return product
+
+
 def synthetic_rir(rt60_s: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """Exponentially decaying Gaussian noise after a unit direct path (Moorer's statistical model).
 
@@ -153,7 +167,8 @@ def synthetic_rir(rt60_s: float, sample_rate: int, rng: np.random.Generator) -> 
 
 def reverberate(wave: np.ndarray, room: RoomResponse) -> np.ndarray:
     """Convolve with a prepared RIR; same length, same alignment, same RMS as the dry input."""
-    wet = signal.oaconvolve(wave, room.taps)[: len(wave)]
+    n = sfft.next_fast_len(len(wave) + len(room.taps) - 1, real=True)
+    wet = sfft.irfft(spectral_product(sfft.rfft(wave, n), sfft.rfft(room.taps, n)), n)[: len(wave)]
     dry_rms = np.sqrt(np.mean(np.square(wave, dtype=np.float64)))
     wet_rms = np.sqrt(np.mean(np.square(wet, dtype=np.float64)))
     if wet_rms > 0:
@@ -243,17 +258,20 @@ def apply_gain(wave: np.ndarray, gain_db: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Codec:
-    container: str
-    subtype: str
+    container: str | None  # libsndfile format and subtype; None: coded by libopus directly (miipher2.data.opus)
+    subtype: str | None
     rates: tuple[int, ...] | None  # sample rates the encoder accepts; None = any
     compressible: bool  # takes libsndfile's compression_level (0 = best quality, 1 = smallest)
     memoryless: bool = False  # sample-by-sample companding: no delay, nothing to realign
+    reproducible: bool = True  # same bytes on every x86-64 CPU (see miipher2.data.opus for the exception)
 
 
 CODECS: dict[str, Codec] = {
     "mp3": Codec("MP3", "MPEG_LAYER_III", (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000), True),
     "vorbis": Codec("OGG", "VORBIS", None, True),
-    "opus": Codec("OGG", "OPUS", (8000, 12000, 16000, 24000, 48000), True),
+    # libopus picks SILK or CELT itself; its CELT encoder depends on the CPU model.
+    "opus": Codec("OGG", "OPUS", opus.RATES, True, reproducible=False),
+    "opus_silk": Codec(None, None, opus.RATES, False),  # Opus's speech mode: VoIP at 6-40 kbit/s
     "alaw": Codec("WAV", "ALAW", None, False, memoryless=True),
     "mulaw": Codec("WAV", "ULAW", None, False, memoryless=True),
 }
@@ -271,35 +289,47 @@ def codec_rate(codec: str, sample_rate: int) -> int:
 
 
 def codec_round_trip(wave: np.ndarray, sample_rate: int, codec: str, compression_level: float | None = None,
-                     bitrate_mode: str | None = None) -> tuple[np.ndarray, float]:
-    """Encode and decode in memory through libsndfile; returns (decoded wave, encoded kbit/s).
+                     bitrate_mode: str | None = None, kbps: float | None = None) -> tuple[np.ndarray, float]:
+    """Encode and decode in memory; returns (decoded wave, encoded kbit/s).
 
+    libsndfile codes every codec but `opus_silk` (libopus's SILK mode at `kbps`, required there).
     The wave must lie within +-1 (formats with integer samples wrap around beyond it). Output has
     the input's length and alignment: libsndfile trims MP3 priming and Opus pre-skip in most cases,
     but LAME at low CBR bitrates resamples internally and its padding then leaks through (we saw
     +1105 samples at 16 kHz), so the residual lag is measured by cross-correlation and undone.
-    kbit/s counts the whole encoded file (container overhead included).
+    kbit/s counts the whole encoded file (container overhead included; `opus_silk`: packets only).
     """
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; expected one of {sorted(CODECS)}")
     spec = CODECS[codec]
     rate = codec_rate(codec, sample_rate)
     source = resample(wave, sample_rate, rate) if rate != sample_rate else wave
-    extra = {}
-    if spec.compressible and compression_level is not None:
-        extra["compression_level"] = float(compression_level)
-    if codec == "mp3" and bitrate_mode is not None:
-        extra["bitrate_mode"] = bitrate_mode
-    buffer = io.BytesIO()
-    sf.write(buffer, np.asarray(source, dtype=np.float32), rate, format=spec.container, subtype=spec.subtype, **extra)
-    kbps = buffer.tell() * 8.0 / max(len(source) / rate, 1e-9) / 1000.0
-    buffer.seek(0)
-    decoded, _ = sf.read(buffer, dtype="float32", always_2d=False)
+    if spec.container is None:
+        if kbps is None:
+            raise ValueError(f"codec {codec!r} needs a bitrate (kbps)")
+        decoded, used_kbps = opus.silk_round_trip(np.asarray(source, dtype=np.float32), rate, kbps)
+    else:
+        decoded, used_kbps = _libsndfile_round_trip(source, rate, spec, compression_level, bitrate_mode)
     if rate != sample_rate:
         decoded = resample(decoded, rate, sample_rate)
     elif spec.memoryless:
-        return _fit_length(decoded, len(wave)), kbps
-    return align_to(decoded, wave, int(MAX_CODEC_LAG_S * sample_rate)), kbps
+        return _fit_length(decoded, len(wave)), used_kbps
+    return align_to(decoded, wave, int(MAX_CODEC_LAG_S * sample_rate)), used_kbps
+
+
+def _libsndfile_round_trip(wave: np.ndarray, rate: int, spec: Codec, compression_level: float | None,
+                           bitrate_mode: str | None) -> tuple[np.ndarray, float]:
+    extra = {}
+    if spec.compressible and compression_level is not None:
+        extra["compression_level"] = float(compression_level)
+    if spec.container == "MP3" and bitrate_mode is not None:
+        extra["bitrate_mode"] = bitrate_mode
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(wave, dtype=np.float32), rate, format=spec.container, subtype=spec.subtype, **extra)
+    kbps = buffer.tell() * 8.0 / max(len(wave) / rate, 1e-9) / 1000.0
+    buffer.seek(0)
+    decoded, _ = sf.read(buffer, dtype="float32", always_2d=False)
+    return decoded, kbps
 
 
 def estimate_lag(signal_: np.ndarray, reference: np.ndarray, max_lag: int) -> int:
@@ -307,7 +337,7 @@ def estimate_lag(signal_: np.ndarray, reference: np.ndarray, max_lag: int) -> in
     if not len(signal_) or not len(reference):
         return 0
     n = sfft.next_fast_len(len(signal_) + len(reference) - 1, real=True)
-    corr = sfft.irfft(sfft.rfft(signal_, n) * np.conj(sfft.rfft(reference, n)), n)
+    corr = sfft.irfft(spectral_product(sfft.rfft(signal_, n), np.conj(sfft.rfft(reference, n))), n)
     # corr[d] holds lag d for d >= 0 and lag d - n for the negative lags at the end.
     lags = np.concatenate([np.arange(0, min(max_lag, len(signal_) - 1) + 1),
                            np.arange(-min(max_lag, len(reference) - 1), 0)])

@@ -85,11 +85,17 @@ def check_file(root: str | Path, ref: RowRef, config: ValidationConfig) -> list[
     except UnsafePathError as err:
         fail("unsafe_path", str(err))
         return failures
-    if not file.exists():
-        fail("missing_file", f"no file at {ref.path!r} under the dataset root")
-        return failures
-    if not file.is_file():
-        fail("missing_file", f"{ref.path!r} is not a regular file")
+    try:
+        if not file.exists():
+            fail("missing_file", f"no file at {ref.path!r} under the dataset root")
+            return failures
+        if not file.is_file():
+            fail("missing_file", f"{ref.path!r} is not a regular file")
+            return failures
+        with open(file, "rb"):
+            pass  # unreadable (permissions, I/O): say so, rather than as a file that does not decode
+    except OSError as err:
+        fail("unreadable_file", f"cannot read {ref.path!r}: {err.strerror or err}")
         return failures
 
     try:
@@ -100,8 +106,8 @@ def check_file(root: str | Path, ref: RowRef, config: ValidationConfig) -> list[
                 _check_samples(sound, config, fail)
     except (sf.LibsndfileError, RuntimeError) as err:
         fail("decode", _undecodable(file, err))
-    except OSError as err:  # permissions, I/O errors: this row fails, the others are still checked
-        fail("decode", f"cannot read the file: {err.strerror or err}")
+    except OSError as err:  # an I/O error while reading: this row fails, the others are still checked
+        fail("unreadable_file", f"cannot read {ref.path!r}: {err.strerror or err}")
     return failures
 
 

@@ -19,7 +19,7 @@ from miipher2.files import atomic_write_text
 # Every check the validator runs, with the sentence a person reads in the report.
 CHECKS: dict[str, str] = {
     "missing_manifest": "the split's manifest CSV does not exist",
-    "unreadable_manifest": "the manifest is not a readable CSV",
+    "unreadable_manifest": "the manifest cannot be read (permissions, I/O error) or is not a valid CSV",
     "missing_column": "a required manifest column is absent",
     "schema": "a manifest value has the wrong type or an invalid value (pandera)",
     "split_mismatch": "the row's split column differs from the manifest it is listed in",
@@ -28,6 +28,7 @@ CHECKS: dict[str, str] = {
     "speaker_in_multiple_splits": "the speaker also appears in an earlier split (splits must be speaker-disjoint)",
     "unsafe_path": "the path is absolute, contains '..' or escapes the dataset root",
     "missing_file": "the audio file does not exist or is not a regular file",
+    "unreadable_file": "the audio file cannot be read (permissions, I/O error)",
     "decode": "the file cannot be decoded as audio",
     "format_mismatch": "the file's content is not the format its extension claims",
     "truncated": "the WAV header declares more sample data than the file holds",

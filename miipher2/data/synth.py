@@ -6,6 +6,7 @@ same samples on every run, which is what lets `data.dvc` pin the built corpus by
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -48,6 +49,13 @@ def espeak_binary() -> str:
     if found is None:
         raise SynthesisError("espeak-ng not found on PATH: install the Debian package `espeak-ng` (make setup does)")
     return found
+
+
+def espeak_version() -> str:
+    """e.g. '1.51': the voices' sound (and so the corpus's bytes) changes between releases."""
+    result = subprocess.run([espeak_binary(), "--version"], capture_output=True, text=True, timeout=30)
+    match = re.search(r"text-to-speech:\s*(\S+)", result.stdout)
+    return match.group(1) if match else result.stdout.strip()
 
 
 def synthesize(text: str, voice: Voice, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -85,12 +85,17 @@ def validate_dataset(
 def _read_manifest_text(root: Path, split: str) -> tuple[pd.DataFrame | None, Failure | None]:
     """Every column as the text written, so the schema sees (and reports) values exactly as they are."""
     path = manifest_path(root, split)
-    if not path.is_file():
-        return None, Failure(split, "missing_manifest", f"no manifest at {path}")
+    try:
+        if not path.is_file():
+            return None, Failure(split, "missing_manifest", f"no manifest at {path}")
+    except OSError as err:  # a folder on the way that we may not enter
+        return None, Failure(split, "unreadable_manifest", f"cannot read {path}: {err.strerror or err}")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
         return None, Failure(split, "unreadable_manifest", f"{path}: {str(err).strip()}")
+    except OSError as err:  # permissions (a file only its writer may read), I/O errors
+        return None, Failure(split, "unreadable_manifest", f"cannot read {path}: {err.strerror or err}")
     return frame.reset_index(drop=True), None
 
 

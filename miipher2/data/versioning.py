@@ -40,6 +40,8 @@ DATASET_PATH = "data"  # the tracked directory, relative to the repository root
 # from the S3 Secret's variables (unset endpoint: AWS itself).
 PLATFORM_REMOTE, PLATFORM_REMOTE_URL_ENV = "platform", "MIIPHER2_DVC_REMOTE_URL"
 _VERIFIED_SUFFIX = ".verified.json"
+DVCFILE = f"{DATASET_PATH}.dvc"
+TOOLCHAIN_KEY = "built_with"  # data.dvc `meta` entry: the tool versions the pinned corpus was built with
 
 
 class DatasetVersionError(RuntimeError):
@@ -59,12 +61,14 @@ class DatasetInfo:
            equal md5 means equal bytes in every file.
     files: relative POSIX path -> md5 of that file, as recorded by DVC and verified on disk.
     rev:   the git revision it was read at (None: the workspace's HEAD state).
+    commit: the git commit `rev` resolved to ('' when DVC cannot tell): a branch name moves, this does not.
     """
 
     path: Path
     md5: str
     files: dict[str, str]
     rev: str | None = None
+    commit: str = ""
 
 
 def dataset_filesystem(repo: str | os.PathLike, rev: str | None = None, remote: str | None = None,
@@ -152,9 +156,10 @@ def _fetch(fs, repo, rev, dest: Path, md5: str, remote: str | None, path: str) -
         raise DatasetVersionError(f"cannot list {path!r} of {_shown(repo)!r} at {rev!r} from remote "
                                   f"{remote or '(default)'}: {err}") from err
     expected = {PurePosixPath(name).relative_to(path).as_posix(): info["md5"] for name, info in listing.items()}
+    commit = resolved_commit(fs)
     dest = dest.absolute()
     if dest.is_dir() and verify_copy(dest, md5, expected) == []:
-        return DatasetInfo(dest, md5, expected, rev)
+        return DatasetInfo(dest, md5, expected, rev, commit)
     staging = dest.parent / f".{dest.name}.fetching-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +182,15 @@ def _fetch(fs, repo, rev, dest: Path, md5: str, remote: str | None, path: str) -
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _write_record(dest, md5, stamps)
-    return DatasetInfo(dest, md5, expected, rev)
+    return DatasetInfo(dest, md5, expected, rev, commit)
+
+
+def resolved_commit(fs) -> str:
+    """The git commit a `DVCFileSystem` reads at (its revision resolved); '' when it cannot tell."""
+    try:
+        return str(fs.repo.get_rev() or "")
+    except Exception:  # noqa: BLE001 — a repository without git (e.g. `dvc init --no-scm`)
+        return ""
 
 
 def verify_copy(dest: str | os.PathLike, md5: str, expected: dict[str, str]) -> list[str]:
@@ -216,7 +229,7 @@ def directory_md5(root: str | os.PathLike) -> str:
 
 # --------------------------------------------------------------------------- workspace operations
 
-def workspace_md5(repo_root: str | os.PathLike, dvcfile: str = f"{DATASET_PATH}.dvc") -> tuple[str, str | None]:
+def workspace_md5(repo_root: str | os.PathLike, dvcfile: str = DVCFILE) -> tuple[str, str | None]:
     """(recorded, actual): the hash in `dvcfile` and the hash of the workspace copy (None: absent).
 
     DVC's state database remembers file hashes by inode/mtime, so a second call is fast.
@@ -237,12 +250,12 @@ def workspace_md5(repo_root: str | os.PathLike, dvcfile: str = f"{DATASET_PATH}.
     return recorded, actual
 
 
-def pull(repo_root: str | os.PathLike, remote: str | None = None, dvcfile: str = f"{DATASET_PATH}.dvc") -> None:
+def pull(repo_root: str | os.PathLike, remote: str | None = None, dvcfile: str = DVCFILE) -> None:
     """`dvc pull` of one tracked output from `remote` (default remote when None)."""
     _run_dvc(repo_root, "pull", targets=[_inside(repo_root, dvcfile)], remote=remote)
 
 
-def push(repo_root: str | os.PathLike, remote: str | None = None, dvcfile: str = f"{DATASET_PATH}.dvc") -> None:
+def push(repo_root: str | os.PathLike, remote: str | None = None, dvcfile: str = DVCFILE) -> None:
     """`dvc push` of one tracked output (which must be in the cache) to `remote`."""
     _run_dvc(repo_root, "push", targets=[_inside(repo_root, dvcfile)], remote=remote)
 
@@ -254,8 +267,9 @@ def ensure_demo_dataset(repo_root: str | os.PathLike, remote: str | None = None,
     1. data/ already matches data.dvc: nothing to do ("up to date").
     2. The remote has it: `dvc pull` ("pulled").
     3. Otherwise (a fresh clone with no remote copy): build the corpus, check its hash equals
-       data.dvc (the build is deterministic; if not, raise `DeterminismError`), cache it and push
-       it to the remote so the next machine can pull ("built and pushed").
+       data.dvc (the build is deterministic; if not, raise `DeterminismError` saying which tools
+       differ from those data.dvc records and what to do), cache it and push it to the remote so
+       the next machine can pull ("built and pushed").
     `config` is the `DemoConfig` to build with (default: the full corpus); `progress` receives
     one line per step.
     """
@@ -278,15 +292,66 @@ def ensure_demo_dataset(repo_root: str | os.PathLike, remote: str | None = None,
     build_demo(repo_root / DATASET_PATH, config)
     actual = workspace_md5(repo_root)[1]
     if actual != recorded:
-        raise DeterminismError(
-            f"the rebuilt demo corpus has DVC hash {actual}, but data.dvc pins {recorded}. The build is meant "
-            "to be byte-for-byte deterministic: either the builder, the degradation code or a library version "
-            "changed what it writes (then rebuild on purpose: `miipher2 data build-demo && dvc add data && "
-            "dvc push` and commit data.dvc), or something in it became nondeterministic (a bug to fix).")
-    _run_dvc(repo_root, "commit", target=_inside(repo_root, f"{DATASET_PATH}.dvc"), force=True)  # into the cache, data.dvc unchanged
+        raise DeterminismError(_rebuild_mismatch(repo_root, recorded, actual, remote))
+    _run_dvc(repo_root, "commit", target=_inside(repo_root, DVCFILE), force=True)  # into the cache, data.dvc unchanged
     progress(f"rebuilt corpus matches data.dvc; pushing it to remote {remote or '(default)'}")
     push(repo_root, remote)
     return "built and pushed"
+
+
+def pin_demo_dataset(repo_root: str | os.PathLike, remote: str | None = None, config=None) -> str:
+    """Rebuild the demo corpus and make it the version data.dvc pins: `dvc add`, the toolchain
+    into data.dvc's `meta: built_with`, `dvc push`. For deliberate changes; commit data.dvc after."""
+    from miipher2.data.demo import build_demo, toolchain
+
+    repo_root = Path(repo_root)
+    build_demo(repo_root / DATASET_PATH, config)
+    _run_dvc(repo_root, "add", targets=[_inside(repo_root, DATASET_PATH)])
+    _write_toolchain(repo_root, toolchain())
+    push(repo_root, remote)
+    return workspace_md5(repo_root)[0]
+
+
+def recorded_toolchain(repo_root: str | os.PathLike) -> dict[str, str]:
+    """The tool versions data.dvc says its corpus was built with (empty when it records none)."""
+    import yaml
+
+    meta = yaml.safe_load((Path(repo_root) / DVCFILE).read_text()).get("meta") or {}
+    return {str(k): str(v) for k, v in (meta.get(TOOLCHAIN_KEY) or {}).items()}
+
+
+def _write_toolchain(repo_root: Path, tools: dict[str, str]) -> None:
+    """DVC keeps a .dvc file's `meta` through later `dvc add`s and ignores it otherwise."""
+    import yaml
+
+    from miipher2.files import atomic_write_text
+
+    dvcfile = repo_root / DVCFILE
+    content = yaml.safe_load(dvcfile.read_text())
+    content["meta"] = {**(content.get("meta") or {}), TOOLCHAIN_KEY: tools}
+    atomic_write_text(dvcfile, yaml.safe_dump(content, sort_keys=False))
+
+
+def _rebuild_mismatch(repo_root: Path, recorded: str, actual: str | None, remote: str | None) -> str:
+    """What went wrong and the ways forward, for the person whose `make demo` just stopped."""
+    from miipher2.data.demo import toolchain
+
+    pinned, here = recorded_toolchain(repo_root), toolchain()
+    differences = [f"{tool} {here.get(tool, '(missing)')} here, {version} pinned"
+                   for tool, version in pinned.items() if here.get(tool) != version]
+    if differences:
+        cause = (f"This machine's tools differ from those data.dvc was built with: {'; '.join(differences)}. "
+                 "The pinned versions (`make setup` installs them on Debian 12) should reproduce it.")
+    elif pinned:
+        cause = ("This machine has the tools data.dvc records, so the build has lost determinism: a bug "
+                 "(docs/data.md, \"Determinism\", says how to find the files that differ).")
+    else:
+        cause = "data.dvc records no toolchain to compare with."
+    return (f"the demo corpus rebuilt here (DVC hash {actual}, now in {DATASET_PATH}/) is not the version data.dvc "
+            f"pins ({recorded}), and remote {remote or '(default)'} does not have that version. {cause} Ways forward: "
+            "fetch the pinned corpus from a machine that has it (there `dvc push -r s3`, here `miipher2 data pull "
+            "--remote s3`; docs/data.md); or, if the difference is intended (a new builder, degradation or tool "
+            "version), make this build the pinned version with `miipher2 data pin-demo` and commit data.dvc.")
 
 
 # --------------------------------------------------------------------------- helpers

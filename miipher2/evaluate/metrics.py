@@ -1,6 +1,8 @@
 """Intrusive speech-quality metrics: each compares an estimate with its clean reference.
 
-All metrics run at 16 kHz (PESQ wide-band and ESTOI are defined there); callers resample first.
+Most metrics run at 16 kHz (PESQ wide-band and ESTOI are defined there); callers resample first.
+The band a 16 kHz comparison cannot see, 8-12 kHz, is measured at 24 kHz by `high_band_metrics`
+where the reference has it (a 24 kHz Miipher-2 must produce it; a 16 kHz input lacks it).
 Restoration keeps the timeline, so reference and estimate are compared frame by frame after
 trimming to the shorter length; no time warping.
 """
@@ -16,6 +18,14 @@ from scipy.fft import dct
 from scipy.signal import stft
 
 METRIC_RATE = 16000
+HIGH_BAND_RATE, HIGH_BAND = 24000, (8000.0, 12000.0)
+# A reference "has" the high band when it holds at least this share of its power (a 16 kHz
+# recording resampled to 24 or 48 kHz holds ~nothing there: the resampler's stop band).
+HIGH_BAND_MIN_SHARE = 1e-5
+# Log spectra are floored this far below the reference's loudest time-frequency bin: bins that
+# are empty in one signal (a codec's cut-off band, digital silence) count as "quiet", the same at
+# any playback level; an absolute floor made LSD depend on how loud the recording was.
+LSD_DYNAMIC_RANGE_DB = 80.0
 _EPS = 1e-10
 
 
@@ -34,6 +44,7 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("estoi", True, "ESTOI"),
     MetricInfo("si_sdr", True, "SI-SDR (dB)"),
     MetricInfo("lsd", False, "LSD (dB)"),
+    MetricInfo("lsd_8_12k", False, "LSD 8-12 kHz (dB)"),
     MetricInfo("mcd", False, "MCD (dB)"),
     MetricInfo("dnsmos_sig", True, "DNSMOS SIG"),
     MetricInfo("dnsmos_bak", True, "DNSMOS BAK"),
@@ -43,6 +54,16 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("wer", False, "WER"),
     MetricInfo("cer", False, "CER"),
 )}
+# Corpus-level error rates: errors summed over utterances / reference words (characters) summed,
+# what ASR papers report. The mean of per-utterance rates (`wer`) weighs a 3-word utterance like a
+# 30-word one. Computed from per-utterance count columns, not a per-utterance metric themselves.
+CORPUS_RATES: dict[str, tuple[str, str]] = {"wer_corpus": ("word_errors", "reference_words"),
+                                            "cer_corpus": ("char_errors", "reference_chars")}
+CORPUS_METRICS: dict[str, MetricInfo] = {m.name: m for m in (
+    MetricInfo("wer_corpus", False, "WER (corpus)"),
+    MetricInfo("cer_corpus", False, "CER (corpus)"),
+)}
+REPORTED_METRICS: dict[str, MetricInfo] = {**METRICS, **CORPUS_METRICS}
 
 
 def align(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,12 +119,40 @@ def _power_spectrogram(wave: np.ndarray, rate: int, n_fft: int, hop: int) -> np.
 
 
 def log_spectral_distance(reference: np.ndarray, estimate: np.ndarray, rate: int = METRIC_RATE,
-                          n_fft: int = 512, hop: int = 128) -> float:
-    """Mean over frames of the RMS (over frequency) difference of log power spectra, in dB."""
+                          n_fft: int = 512, hop: int = 128, band: tuple[float, float] | None = None) -> float:
+    """Mean over frames of the RMS (over frequency) difference of log power spectra, in dB.
+
+    Both spectra are floored LSD_DYNAMIC_RANGE_DB below the reference's loudest bin, so the value
+    does not change with the overall level. `band` = (low, high) Hz keeps only those bins.
+    """
     reference, estimate = align(reference, estimate)
-    ref = 10 * np.log10(_power_spectrogram(reference, rate, n_fft, hop) + _EPS)
-    est = 10 * np.log10(_power_spectrogram(estimate, rate, n_fft, hop) + _EPS)
-    return float(np.mean(np.sqrt(np.mean((ref - est) ** 2, axis=0))))
+    ref_power = _power_spectrogram(reference, rate, n_fft, hop)
+    est_power = _power_spectrogram(estimate, rate, n_fft, hop)
+    floor = float(ref_power.max()) * 10 ** (-LSD_DYNAMIC_RANGE_DB / 10) or np.finfo(np.float64).tiny  # silent reference
+    if band is not None:
+        frequencies = np.fft.rfftfreq(n_fft, 1 / rate)
+        keep = (frequencies >= band[0]) & (frequencies < band[1])
+        ref_power, est_power = ref_power[keep], est_power[keep]
+    difference = 10 * np.log10(np.maximum(ref_power, floor)) - 10 * np.log10(np.maximum(est_power, floor))
+    return float(np.mean(np.sqrt(np.mean(difference ** 2, axis=0))))
+
+
+def has_high_band(reference: np.ndarray, rate: int) -> bool:
+    """Whether a reference at `rate` carries the 8-12 kHz band (see HIGH_BAND_MIN_SHARE)."""
+    if rate < 2 * HIGH_BAND[1]:
+        return False
+    spectrum = np.abs(np.fft.rfft(np.asarray(reference, dtype=np.float64))) ** 2
+    frequencies = np.fft.rfftfreq(len(reference), 1 / rate)
+    total = spectrum.sum()
+    inside = spectrum[(frequencies >= HIGH_BAND[0]) & (frequencies < HIGH_BAND[1])].sum()
+    return bool(total > 0 and inside >= HIGH_BAND_MIN_SHARE * total)
+
+
+def high_band_metrics(reference: np.ndarray, estimate: np.ndarray, rate: int = HIGH_BAND_RATE) -> dict[str, float]:
+    """LSD over 8-12 kHz of signals at HIGH_BAND_RATE (24 kHz); callers check `has_high_band` first."""
+    if rate != HIGH_BAND_RATE:
+        raise ValueError(f"the high band is measured at {HIGH_BAND_RATE} Hz, got {rate} Hz: resample first")
+    return {"lsd_8_12k": log_spectral_distance(reference, estimate, rate, n_fft=768, hop=192, band=HIGH_BAND)}
 
 
 @cache

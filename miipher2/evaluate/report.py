@@ -17,12 +17,14 @@ import numpy as np
 import pandas as pd
 
 from miipher2.audio import read_audio
-from miipher2.evaluate.metrics import METRIC_RATE, METRICS
-from miipher2.files import atomic_write_text
+from miipher2.evaluate.metrics import METRIC_RATE, REPORTED_METRICS
+from miipher2.files import atomic_write_bytes, atomic_write_text
 
 N_EXAMPLES = 3
 EXAMPLE_SECONDS = 8.0
-HTML_FILE, MARKDOWN_FILE = "report.html", "report.md"
+HTML_FILE, MARKDOWN_FILE, CHART_FILE = "report.html", "report.md", "headline.png"
+# The report opens with these (the paper's headline numbers and the promotion gate's rules).
+HEADLINE_METRICS = ("dnsmos_ovrl", "wer", "speaker_similarity", "pesq")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -38,17 +40,21 @@ tr.main td { background: #fff8e1; }
 .example { margin: 1.2rem 0; padding: .8rem; border: 1px solid #e3e7eb; border-radius: 6px; }
 .players { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: .5rem; }
 .players figure { margin: 0; } .players figcaption { font-size: .8rem; color: #5a6570; }
-img.spec { max-width: 100%; }
+img.spec, img.chart { max-width: 100%; }
 .note { color: #8a5a00; }
 """
 
 
 def write_report(results, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write report.html and report.md for an `EvaluationResult`; returns their paths."""
+    """Write report.html, report.md and the headline chart (headline.png, when there is one) for an
+    `EvaluationResult`; returns the reports' paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path, markdown_path = out_dir / HTML_FILE, out_dir / MARKDOWN_FILE
-    atomic_write_text(html_path, render_html(results))
+    chart = headline_chart_png(results.aggregates, results.systems, results.main_system)
+    if chart is not None:
+        atomic_write_bytes(out_dir / CHART_FILE, chart)
+    atomic_write_text(html_path, render_html(results, chart))
     atomic_write_text(markdown_path, render_markdown(results))
     return html_path, markdown_path
 
@@ -56,9 +62,12 @@ def write_report(results, out_dir: str | Path) -> tuple[Path, Path]:
 # ---- HTML ------------------------------------------------------------------------------------
 
 
-def render_html(results) -> str:
+def render_html(results, chart: bytes | None = None) -> str:
+    """The report; `chart` is the headline chart's PNG (drawn here when not given)."""
     table, aggregates = results.table, results.aggregates
     n_utts = table["utt_id"].nunique()
+    if chart is None:
+        chart = headline_chart_png(aggregates, results.systems, results.main_system)
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -66,8 +75,11 @@ def render_html(results) -> str:
         f"<h1>{_e(results.title)}</h1>",
         f'<p class="meta">{n_utts} utterances · systems: {_e(", ".join(results.systems))} · '
         f'generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · 95% bootstrap confidence intervals</p>',
-        "<h2>Overall</h2>", _aggregate_table(aggregates, results, "all"),
     ]
+    if chart is not None:
+        parts.append(f'<img class="chart" alt="headline metrics per system, mean with 95% interval" '
+                     f'src="data:image/png;base64,{base64.b64encode(chart).decode("ascii")}">')
+    parts += ["<h2>Overall</h2>", _aggregate_table(aggregates, results, "all")]
     for by, heading in (("language", "By language"), ("degradation", "By degradation type")):
         if (aggregates["group_by"] == by).any():
             parts += [f"<h2>{heading}</h2>", _aggregate_table(aggregates, results, by)]
@@ -83,7 +95,7 @@ def render_html(results) -> str:
 def _aggregate_table(aggregates: pd.DataFrame, results, group_by: str) -> str:
     part = aggregates[aggregates["group_by"] == group_by]
     metrics = [m for m in results.metrics if m in set(part["metric"])]
-    header = "".join(f"<th>{_e(METRICS[m].label)} {'↑' if METRICS[m].higher_is_better else '↓'}</th>" for m in metrics)
+    header = "".join(f"<th>{_e(_heading(m))}</th>" for m in metrics)
     group_header = "" if group_by == "all" else f"<th>{_e(group_by)}</th>"
     rows = []
     groups = list(dict.fromkeys(part["group"])) if group_by != "all" else ["all"]
@@ -98,6 +110,11 @@ def _aggregate_table(aggregates: pd.DataFrame, results, group_by: str) -> str:
             rows.append(f'<tr{css}>{group_cell}<td class="key">{_e(system)}</td>{values}</tr>')
     return (f'<div class="scroll"><table><thead><tr>{group_header}<th>system</th>{header}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _heading(metric: str) -> str:
+    info = REPORTED_METRICS[metric]
+    return f"{info.label} {'↑' if info.higher_is_better else '↓'}"
 
 
 def _cell_html(cells: pd.DataFrame, metric: str) -> str:
@@ -156,6 +173,56 @@ def _example_html(table: pd.DataFrame, utt_id: str, systems: list[str]) -> str:
     return f'<div class="example"><h3>{_e(caption)}</h3>{transcript}{image}<div class="players">{players}</div></div>'
 
 
+def headline_chart_png(aggregates: pd.DataFrame, systems: list[str], main_system: str | None = None) -> bytes | None:
+    """`headline_figure` as PNG bytes; None when no headline metric was measured."""
+    import matplotlib.pyplot as plt
+
+    fig = headline_figure(aggregates, systems, main_system)
+    if fig is None:
+        return None
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def headline_figure(aggregates: pd.DataFrame, systems: list[str], main_system: str | None = None):
+    """One panel per headline metric: each system's mean with its 95% interval (the main system in red)."""
+    overall = aggregates[aggregates["group_by"] == "all"]
+    measured = overall[np.isfinite(overall["mean"].astype(float))]
+    metrics = [m for m in HEADLINE_METRICS if m in set(measured["metric"])]
+    if not metrics:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = [s for s in systems if s in set(measured["system"])][::-1]  # first system on top
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 0.45 * len(order) + 1.3), sharey=True,
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        rows = measured[measured["metric"] == metric].set_index("system")
+        for y, system in enumerate(order):
+            if system not in rows.index:
+                continue
+            row = rows.loc[system]
+            mean, low, high = float(row["mean"]), float(row["ci_low"]), float(row["ci_high"])
+            color = "#c0392b" if system == main_system else "#34495e"
+            ax.errorbar(mean, y, xerr=[[max(mean - low, 0.0)], [max(high - mean, 0.0)]], fmt="o", color=color,
+                        capsize=3, markersize=5)
+            ax.annotate(_fmt(mean), (mean, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7,
+                        color=color)
+        info = REPORTED_METRICS[metric]
+        ax.set_title(f"{info.label} {'↑' if info.higher_is_better else '↓'}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(y=0.25)
+    axes[0][0].set_yticks(range(len(order)), order)
+    fig.tight_layout()
+    return fig
+
+
 def spectrogram_png(waves: dict[str, np.ndarray], rate: int = METRIC_RATE) -> str:
     """Log-magnitude spectrograms, one panel per system, as base64 PNG."""
     import matplotlib
@@ -194,8 +261,7 @@ def render_markdown(results) -> str:
     metrics = [m for m in results.metrics if m in set(overall["metric"])]
     lines = [f"# {results.title}", "",
              f"{results.table['utt_id'].nunique()} utterances; mean [95% bootstrap CI].", "",
-             "| system | " + " | ".join(f"{METRICS[m].label} {'↑' if METRICS[m].higher_is_better else '↓'}"
-                                       for m in metrics) + " |",
+             "| system | " + " | ".join(_heading(m) for m in metrics) + " |",
              "|---" * (len(metrics) + 1) + "|"]
     for system in results.systems:
         cells = overall[overall["system"] == system].set_index("metric")

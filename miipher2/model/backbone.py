@@ -9,7 +9,10 @@ detail the vocoder needs, high enough to be abstracted from noise and channel.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,10 @@ from miipher2.model.adapters import AdapterBank
 from miipher2.model.frontends import Gemma3nLogMel, KaldiFbank, WaveNormalizer
 
 SAMPLE_RATE = 16000
+# Version of the numbers `FeatureCleaner` computes for a given encoder and wave. Bump it whenever a
+# change to the frontends or to how padding is handled changes features: the feature cache keys on it.
+# 2: padded batch items get exactly their solo features in every family.
+FEATURES_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,9 @@ class _Family:
 
     feature_extractor_class: str
 
+    def prepare(self, model: nn.Module) -> None:
+        """Make the loaded encoder independent of batch padding (where it is not already)."""
+
     def layers(self, model: nn.Module) -> nn.ModuleList: ...
     def truncate(self, model: nn.Module, n: int) -> None: ...
     def feed_forward(self, layer: nn.Module) -> nn.Module: ...
@@ -79,6 +89,11 @@ class _ConvFrontEndFamily(_Family):
     """HuBERT and WavLM: CNN feature encoder on raw waves, then a Transformer."""
 
     feature_extractor_class = "Wav2Vec2FeatureExtractor"
+
+    def prepare(self, model):
+        first = model.feature_extractor.conv_layers[0]
+        if isinstance(getattr(first, "layer_norm", None), nn.GroupNorm):  # HuBERT-base style ("group")
+            first.layer_norm = ValidFramesGroupNorm.replacing(first.layer_norm)
 
     def layers(self, model):
         return model.encoder.layers
@@ -106,9 +121,61 @@ class _ConvFrontEndFamily(_Family):
         return field
 
     def encode(self, model, inputs, mask):
-        hidden = model(input_values=inputs, attention_mask=mask.long()).last_hidden_state
-        frames = model._get_feat_extract_output_lengths(mask.sum(1))
+        lengths = mask.sum(1)
+        first = model.feature_extractor.conv_layers[0]
+        norm = getattr(first, "layer_norm", None)
+        with ValidFramesGroupNorm.frames(norm, (lengths - first.conv.kernel_size[0]) // first.conv.stride[0] + 1):
+            hidden = model(input_values=inputs, attention_mask=mask.long()).last_hidden_state
+        frames = model._get_feat_extract_output_lengths(lengths)
         return hidden, torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frames[:, None]
+
+
+class ValidFramesGroupNorm(nn.GroupNorm):
+    """GroupNorm over time whose statistics cover each item's valid frames only.
+
+    HuBERT-base-style CNN encoders (mHuBERT-147; wav2vec 2.0 and WavLM base) normalise the first
+    convolution's output per channel over the whole sequence. In a padded batch a shorter item's
+    mean and variance would include its padding, and the `attention_mask` cannot help: the CNN
+    never sees it. While `frames(...)` is active the statistics are the item's own, so a padded
+    item gets its solo features; every later layer reads only valid frames of valid frames (no
+    padding in the convolutions, and the transformer zeroes padded positions and masks attention).
+    The cost is a few element-wise passes over the first layer's output, with no per-item loop.
+    """
+
+    valid_frames: torch.Tensor | None = None
+
+    @classmethod
+    def replacing(cls, norm: nn.GroupNorm) -> ValidFramesGroupNorm:
+        masked = cls(norm.num_groups, norm.num_channels, norm.eps, norm.affine)
+        masked.load_state_dict(norm.state_dict())  # same keys, same weights: the checkpoint is unchanged
+        return masked.to(next(norm.parameters(), torch.empty(0)).device)
+
+    @staticmethod
+    @contextmanager
+    def frames(norm: nn.Module | None, valid_frames: torch.Tensor) -> Iterator[None]:
+        """Use `valid_frames` [B] for one forward pass (a no-op for other norms)."""
+        if not isinstance(norm, ValidFramesGroupNorm):
+            yield
+            return
+        norm.valid_frames = valid_frames
+        try:
+            yield
+        finally:
+            norm.valid_frames = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.valid_frames is None:
+            return super().forward(x)
+        batch, channels, time = x.shape
+        groups = x.float().reshape(batch, self.num_groups, channels // self.num_groups, time)
+        mask = (torch.arange(time, device=x.device)[None, :] < self.valid_frames[:, None]).float()[:, None, None, :]
+        count = mask.sum(-1, keepdim=True).clamp_min(1) * groups.shape[2]
+        mean = (groups * mask).sum((2, 3), keepdim=True) / count
+        var = (((groups - mean) * mask) ** 2).sum((2, 3), keepdim=True) / count
+        normed = ((groups - mean) * torch.rsqrt(var + self.eps)).reshape(batch, channels, time)
+        if self.affine:
+            normed = normed * self.weight[None, :, None] + self.bias[None, :, None]
+        return normed.to(x.dtype)
 
 
 class _W2vBertFamily(_Family):
@@ -180,8 +247,27 @@ class _Gemma3nAudioFamily(_Family):
         return feature_extractor.frame_length + (frames - 1) * feature_extractor.hop_length
 
     def encode(self, model, inputs, mask):
-        out = model(audio_mel=inputs, audio_mel_mask=~mask)  # the encoder's mask is True on padding
-        return out.last_hidden_state, ~out.audio_mel_mask
+        """Gemma3nAudioEncoder.forward with padding kept out of the subsampling convolutions.
+
+        Its convolutions look ahead (time padding (0, k - 1)) and transformers feeds them the
+        batch's padding frames, where a solo run sees zeros; so the mel frames and the first
+        block's output are zeroed past each item's valid frames. Each block maps n valid frames
+        to ceil(n / stride). The conformer blocks mask padding themselves.
+        """
+        sscp = model.subsample_conv_projection
+        valid = mask.sum(1)
+        x = inputs.masked_fill(~mask[..., None], 0.0).unsqueeze(1)  # [B, 1, T, mel]
+        for index, block in enumerate((sscp.conv_0, sscp.conv_1)):
+            x = block(x)
+            valid = -(-valid // block.conv.stride[0])
+            if index == 0:
+                x = x * (torch.arange(x.shape[2], device=x.device)[None, :] < valid[:, None])[:, None, :, None]
+        batch, channels, time, freq = x.shape
+        hidden = sscp.input_proj_linear(x.permute(0, 2, 3, 1).reshape(batch, time, freq * channels))
+        frame_mask = torch.arange(time, device=x.device)[None, :] < valid[:, None]
+        for block in model.conformer:
+            hidden = block(hidden, ~frame_mask)  # the encoder's mask is True on padding
+        return hidden, frame_mask
 
 
 FAMILIES: dict[str, _Family] = {
@@ -206,6 +292,8 @@ class FeatureCleaner(nn.Module):
     def __init__(self, encoder: nn.Module, feature_extractor, preset: str, feature_layer: int, adapter_dim: int = 1024, source: str | None = None):
         super().__init__()
         self.source = source  # hub id or directory the encoder came from, recorded in model directories
+        # The hub commit the weights came from (None for a local directory): recorded beside the source.
+        self.revision: str | None = getattr(encoder.config, "_commit_hash", None)
         if preset not in BACKBONE_PRESETS:
             raise ValueError(f"unknown backbone preset {preset!r}; choose from {sorted(BACKBONE_PRESETS)}")
         self.preset = preset
@@ -216,6 +304,7 @@ class FeatureCleaner(nn.Module):
         self.feature_layer, self.adapter_dim = feature_layer, adapter_dim
 
         self.family.truncate(encoder, feature_layer)  # layers above the feature layer are never computed
+        self.family.prepare(encoder)
         encoder.requires_grad_(False)
         self.encoder = encoder.eval()
         self.frontend = self.family.frontend(feature_extractor)
@@ -226,14 +315,17 @@ class FeatureCleaner(nn.Module):
         self.adapters = AdapterBank(hosts, self.feature_dim, adapter_dim)
 
     @classmethod
-    def from_pretrained(cls, source: str, preset: str = "w2v-bert-2.0", feature_layer: int | None = None, adapter_dim: int = 1024) -> FeatureCleaner:
-        """Load the frozen encoder from a hub id or local directory; adapters start untrained."""
+    def from_pretrained(cls, source: str, preset: str = "w2v-bert-2.0", feature_layer: int | None = None, adapter_dim: int = 1024,
+                        revision: str | None = None) -> FeatureCleaner:
+        """Load the frozen encoder from a hub id (at `revision`, a commit or tag, when given) or a
+        local directory; adapters start untrained."""
         if preset not in BACKBONE_PRESETS:
             raise ValueError(f"unknown backbone preset {preset!r}; choose from {sorted(BACKBONE_PRESETS)}")
         spec = BACKBONE_PRESETS[preset]
         family = FAMILIES[spec.family]
-        encoder = _load_encoder(source, spec)
-        feature_extractor = _load_feature_extractor(source, family)
+        hub = {"revision": revision} if revision else {}
+        encoder = _load_encoder(source, spec, hub)
+        feature_extractor = _load_feature_extractor(source, family, hub)
         return cls(encoder, feature_extractor, preset, feature_layer or spec.feature_layer, adapter_dim, source=str(source))
 
     def train(self, mode: bool = True) -> FeatureCleaner:
@@ -261,6 +353,16 @@ class FeatureCleaner(nn.Module):
     def adapter_parameters(self) -> list[nn.Parameter]:
         return list(self.adapters.parameters())
 
+    def encoder_fingerprint(self) -> str:
+        """sha256 over names, dtypes, shapes and bytes of the frozen encoder's tensors up to the
+        feature layer (the adapters live outside it): what adapters trained on it must meet again."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.encoder.state_dict().items()):
+            data = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+            digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        return digest.hexdigest()
+
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         return self.adapters.state_dict()
 
@@ -268,31 +370,50 @@ class FeatureCleaner(nn.Module):
         self.adapters.load_state_dict(state)
 
 
-def _load_feature_extractor(source: str, family: _Family):
-    """The checkpoint's own preprocessing settings when it ships them, else the family defaults."""
+class FeatureExtractorError(ValueError):
+    """The checkpoint's preprocessing settings cannot be loaded; the message says where and why."""
+
+
+def _load_feature_extractor(source: str, family: _Family, hub: dict):
+    """The checkpoint's own preprocessing settings (`preprocessor_config.json`), or a clear error.
+
+    Never a default: the defaults differ from what some checkpoints were trained with (e.g. a
+    default Wav2Vec2FeatureExtractor normalises every utterance; mHuBERT-147 does not), and
+    features from the wrong preprocessing look plausible while being wrong.
+    """
     import transformers
 
+    expected = family.feature_extractor_class
     try:
-        return transformers.AutoFeatureExtractor.from_pretrained(source)
-    except (OSError, ValueError, KeyError):
-        return getattr(transformers, family.feature_extractor_class)()
+        extractor = transformers.AutoFeatureExtractor.from_pretrained(source, **hub)
+    except (OSError, ValueError, KeyError) as err:
+        raise FeatureExtractorError(
+            f"{source}: cannot load the encoder's preprocessing settings (preprocessor_config.json for a "
+            f"{expected}): {err}. Use a checkpoint that ships them, or save the right settings beside "
+            f"the weights with transformers.{expected}(...).save_pretrained(<directory>)") from err
+    if type(extractor).__name__ != expected:
+        raise FeatureExtractorError(f"{source}: preprocessor_config.json describes a {type(extractor).__name__}, "
+                                    f"but this backbone family is fed by a {expected}")
+    return extractor
 
 
-def _load_encoder(source: str, spec: BackbonePreset) -> nn.Module:
+def _load_encoder(source: str, spec: BackbonePreset, hub: dict) -> nn.Module:
     import transformers
 
     model_class = getattr(transformers, spec.model_class)
     if spec.family == "gemma3n-audio":
-        config = transformers.AutoConfig.from_pretrained(source)
+        config = transformers.AutoConfig.from_pretrained(source, **hub)
         if config.model_type == "gemma3n":  # a full Gemma 3n checkpoint: take only its audio tower
-            return _load_gemma3n_audio_tower(source, config.audio_config)
-    return model_class.from_pretrained(source, dtype=torch.float32)
+            tower = _load_gemma3n_audio_tower(source, config.audio_config, hub)
+            tower.config._commit_hash = getattr(config, "_commit_hash", None)  # the revision it came from
+            return tower
+    return model_class.from_pretrained(source, dtype=torch.float32, **hub)
 
 
 GEMMA3N_AUDIO_PREFIX = "model.audio_tower."
 
 
-def _load_gemma3n_audio_tower(source: str, audio_config) -> nn.Module:
+def _load_gemma3n_audio_tower(source: str, audio_config, hub: dict) -> nn.Module:
     """Read just the audio tower's tensors from a full Gemma 3n checkpoint (saves ~10 GB)."""
     import json
 
@@ -300,7 +421,7 @@ def _load_gemma3n_audio_tower(source: str, audio_config) -> nn.Module:
     from transformers import Gemma3nAudioEncoder
     from transformers.utils import cached_file
 
-    index = cached_file(source, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
+    index = cached_file(source, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False, **hub)
     if index:
         weight_map = json.loads(Path(index).read_text())["weight_map"]
         shards = sorted({shard for key, shard in weight_map.items() if key.startswith(GEMMA3N_AUDIO_PREFIX)})
@@ -308,7 +429,7 @@ def _load_gemma3n_audio_tower(source: str, audio_config) -> nn.Module:
         shards = ["model.safetensors"]
     state = {}
     for shard in shards:
-        with safe_open(cached_file(source, shard), framework="pt") as f:
+        with safe_open(cached_file(source, shard, **hub), framework="pt") as f:
             for key in f.keys():
                 if key.startswith(GEMMA3N_AUDIO_PREFIX):
                     state[key[len(GEMMA3N_AUDIO_PREFIX) :]] = f.get_tensor(key).float()

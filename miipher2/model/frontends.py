@@ -110,6 +110,8 @@ class Gemma3nLogMel(nn.Module):
         magnitude = torch.fft.rfft(frames * self.window, n=self.fft_length).abs()
         log_mel = (magnitude @ self.mel_filters).clamp_min(self.mel_floor).log()
         log_mel = (log_mel - self.per_bin_mean) / self.per_bin_stddev
-        # The extractor marks frame i valid when its first sample (i * hop) is a real sample.
-        mask = torch.arange(log_mel.shape[1], device=wave.device)[None, :] * self.hop_length < lengths[:, None]
-        return log_mel, mask
+        # Valid frames lie wholly inside the item, as every frame of a solo run does. (The transformers
+        # extractor also counts frames that start inside and run into padding: with it a padded item's
+        # features would depend on how much padding its batch adds.)
+        n_valid = ((lengths - size) // self.hop_length + 1).clamp_min(0)
+        return log_mel, _valid_mask(n_valid, log_mel.shape[1])

@@ -1,16 +1,24 @@
 """The composed Miipher-2 restorer: degraded wave -> feature cleaner -> vocoder -> clean wave.
 
-A model directory holds only what training produced; the frozen encoder is public and is
-loaded from its hub id (or a local copy) named in the config:
+A model directory holds what training produced and names the frozen encoder it was trained on:
 
-    config.yaml            format, backbone {preset, source, feature_layer, adapter_dim}, vocoder {...}
+    config.yaml            format, backbone {preset, source, revision, fingerprint, bundled, feature_layer,
+                           adapter_dim}, vocoder {...}
     adapters.safetensors   parallel adapter weights
     vocoder.safetensors    vocoder weights (the kind named in config.yaml: hifigan, vocos or wavefit)
+    backbone/              the frozen encoder's files, when it came from a local directory
+
+An encoder from a hub id is loaded from the hub at the recorded revision; one from a local
+directory (a random demo backbone, a private checkpoint) is bundled, so the directory restores on
+any machine. Either way `fingerprint` (sha256 of the encoder's tensors up to the feature layer)
+must match what is loaded: adapters trained on other weights are refused.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -25,8 +33,13 @@ from miipher2.model.backbone import BACKBONE_PRESETS, FeatureCleaner
 from miipher2.model.chunking import crossfade_join, plan_chunks
 from miipher2.model.vocoders import BaseVocoder, build_vocoder, vocoder_config, vocoder_from_dict, vocoder_to_dict
 
-FORMAT = "miipher2-restorer/1"
+FORMAT = "miipher2-restorer/2"
 CONFIG_FILE, ADAPTERS_FILE, VOCODER_FILE = "config.yaml", "adapters.safetensors", "vocoder.safetensors"
+BACKBONE_DIR = "backbone"
+
+
+class BackboneMismatchError(ValueError):
+    """The encoder found at load time is not the one the adapters were trained on."""
 
 
 class Restorer(nn.Module):
@@ -46,6 +59,7 @@ class Restorer(nn.Module):
         self.backbone_source = backbone_source or cleaner.source
         if not self.backbone_source:
             raise ValueError("the restorer needs the frozen encoder's hub id or directory (backbone_source)")
+        self.backbone_revision = cleaner.revision  # hub commit of the encoder weights, when known
         self.cleaner, self.vocoder = cleaner, vocoder
         self.chunk_seconds, self.overlap_seconds, self.batch_size = chunk_seconds, overlap_seconds, batch_size
 
@@ -62,16 +76,28 @@ class Restorer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None, *,
-                        backbone_source: str | None = None, **options) -> Restorer:
-        """Load a model directory. `backbone_source` overrides where the frozen encoder comes from
-        (e.g. a local mirror of the hub id recorded at training time)."""
+                        backbone_source: str | None = None, allow_other_backbone: bool = False, **options) -> Restorer:
+        """Load a model directory.
+
+        The frozen encoder comes from `backbone_source` when given (e.g. a local mirror of the
+        recorded hub id), else from the bundled copy, else from the recorded source at the
+        recorded revision. Its weights must have the recorded fingerprint, unless
+        `allow_other_backbone` (then a warning says the adapters meet other weights).
+        """
         from safetensors.torch import load_file
 
         path = Path(path)
         config = _read_config(path)
         backbone = config["backbone"]
-        source = backbone_source or backbone["source"]
-        cleaner = FeatureCleaner.from_pretrained(source, backbone["preset"], backbone["feature_layer"], backbone["adapter_dim"])
+        if backbone_source:
+            source, revision = str(backbone_source), None
+        elif backbone["bundled"]:
+            source, revision = str(path / backbone["bundled"]), None
+        else:
+            source, revision = backbone["source"], backbone["revision"]
+        cleaner = FeatureCleaner.from_pretrained(source, backbone["preset"], backbone["feature_layer"], backbone["adapter_dim"],
+                                                 revision=revision)
+        _check_fingerprint(path, source, backbone["fingerprint"], cleaner.encoder_fingerprint(), allow_other_backbone)
         try:
             vocoder = vocoder_from_dict(config["vocoder"])
         except (TypeError, ValueError) as err:  # unknown kind or field, inconsistent sizes
@@ -82,24 +108,33 @@ class Restorer(nn.Module):
         except (OSError, RuntimeError) as err:  # missing file, or shapes that do not match the config
             raise ValueError(f"{path}: weights do not load into the configured model ({err})") from err
         vocoder.prepare_for_inference()  # e.g. folds weight norm; save_pretrained still writes the training form
-        restorer = cls(cleaner, vocoder, source, **options).eval()
+        restorer = cls(cleaner, vocoder, backbone_source or backbone["source"], **options).eval()
+        restorer.backbone_revision = None if backbone_source else backbone["revision"]
         return restorer.to(resolve_device(device))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write the model directory atomically: readers see the old one or the new one, never a mix."""
+        """Write the model directory atomically: readers see the old one or the new one, never a mix.
+
+        An encoder loaded from a local directory is copied in (its config, preprocessing settings
+        and safetensors weights), so the directory does not depend on paths of this machine.
+        """
         from safetensors.torch import save_file
 
         with atomic_directory(path) as tmp:
-            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(self.config_dict(), sort_keys=False))
+            bundled = _bundle_backbone(Path(self.cleaner.source), tmp / BACKBONE_DIR) if _is_local(self.cleaner.source) else None
+            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(self.config_dict(bundled=bundled), sort_keys=False))
             save_file(_contiguous(self.cleaner.adapter_state_dict()), tmp / ADAPTERS_FILE)
             save_file(_contiguous(self.vocoder.training_state_dict()), tmp / VOCODER_FILE)
 
-    def config_dict(self) -> dict:
+    def config_dict(self, bundled: str | None = None) -> dict:
         return {
             "format": FORMAT,
             "backbone": {
                 "preset": self.cleaner.preset,
-                "source": self.backbone_source,
+                "source": self.backbone_source,  # where it came from; with `bundled`, for the record only
+                "revision": self.backbone_revision,
+                "fingerprint": self.cleaner.encoder_fingerprint(),
+                "bundled": bundled,
                 "feature_layer": self.cleaner.feature_layer,
                 "adapter_dim": self.cleaner.adapter_dim,
             },
@@ -118,9 +153,21 @@ class Restorer(nn.Module):
         return next(self.vocoder.parameters()).device
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """16 kHz waves [B, T] -> (restored waves [B, T_out] at `sample_rate`, their lengths [B])."""
+        """16 kHz waves [B, T] -> (restored waves [B, T_out] at `sample_rate`, their lengths [B]).
+
+        Each item's output is what it would be alone, whatever it is batched with: the cleaner
+        masks padding, and the vocoder (whose convolutions see across an item's end) runs on
+        groups of items with the same number of frames, so it never sees padding. Chunks of long
+        inputs share one length and vocode together; short files of different lengths vocode
+        one by one, which costs a GPU little on seconds-long sequences.
+        """
         features, frames = self.cleaner(wave, lengths)
-        return self.vocoder(features), frames * self.vocoder.hop_length
+        hop = self.vocoder.hop_length
+        restored = features.new_zeros(features.shape[0], features.shape[1] * hop)
+        for n in frames.unique().tolist():
+            rows = (frames == n).nonzero().squeeze(1)
+            restored[rows, : n * hop] = self.vocoder(features[rows, :n]).to(restored.dtype)
+        return restored, frames * hop
 
     @torch.inference_mode()
     def restore(self, wave: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
@@ -197,7 +244,7 @@ def _read_config(path: Path) -> dict:
     backbone = config.get("backbone")
     if not isinstance(backbone, dict):
         raise ValueError(f"{file}: missing 'backbone' section")
-    for key in ("preset", "source", "feature_layer", "adapter_dim"):
+    for key in ("preset", "source", "revision", "fingerprint", "bundled", "feature_layer", "adapter_dim"):
         if key not in backbone:
             raise ValueError(f"{file}: backbone.{key} is missing")
     if backbone["preset"] not in BACKBONE_PRESETS:
@@ -205,6 +252,32 @@ def _read_config(path: Path) -> dict:
     if not isinstance(config.get("vocoder"), dict):
         raise ValueError(f"{file}: missing 'vocoder' section")
     return config
+
+
+def _is_local(source: str | None) -> bool:
+    return bool(source) and Path(source).is_dir()
+
+
+def _bundle_backbone(source: Path, target: Path) -> str:
+    """Copy what transformers loads an encoder from (JSON settings, safetensors weights)."""
+    files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors"))
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise ValueError(f"{source}: no safetensors weights to bundle with the model (only safetensors are loaded)")
+    target.mkdir()
+    for file in files:
+        shutil.copyfile(file, target / file.name)
+    return target.name
+
+
+def _check_fingerprint(path: Path, source: str, recorded: str, actual: str, allow_other: bool) -> None:
+    if actual == recorded:
+        return
+    message = (f"{path}: its adapters were trained on encoder weights with fingerprint {recorded[:16]}…, but "
+               f"{source} holds weights with fingerprint {actual[:16]}… (another checkpoint, revision or feature layer)")
+    if not allow_other:
+        raise BackboneMismatchError(f"{message}. Load the original encoder, or pass allow_other_backbone=True "
+                                    "(--allow-other-backbone) to use these weights anyway")
+    warnings.warn(f"{message}; loading anyway as asked (allow_other_backbone)", stacklevel=3)
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -6,12 +6,19 @@ A rule passes when the interval's lower end is above `-margin` — we are confid
 not get worse by more than the margin (a non-inferiority test). The challenger wins when every
 comparable rule passes and at least one metric improved significantly (lower end above zero).
 The very first version has nothing to beat; it must clear absolute floors instead.
-Every decision is written to the challenger's version tags, so the registry explains itself.
+
+Against the registry, the gate is safe to run twice at once: just before moving `champion` it
+reads the alias again and refuses if another gate moved it meanwhile (the later gate must not
+silently overwrite a decision it never saw). The alias moves first and the decision is recorded
+on the challenger's version tags after, so a tag never claims a promotion that did not happen.
+Every decision is also a Markdown report (`Decision.markdown`) that CI prints and attaches.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,12 +28,19 @@ import pandas as pd
 
 from miipher2.evaluate.aggregate import paired_bootstrap
 from miipher2.evaluate.metrics import METRICS
+from miipher2.files import atomic_write_text
 from miipher2.registry.pyfunc import RegistryError
 from miipher2.registry.versions import CHALLENGER, CHAMPION, client, version_by_alias
 
 DECISION_TAG, REASON_TAG, TIMESTAMP_TAG = "promotion.decision", "promotion.reason", "promotion.timestamp"
 AGAINST_TAG, SUMMARY_TAG = "promotion.against", "promotion.summary"
+REPORT_MARKDOWN, REPORT_JSON = "promotion.md", "promotion.json"
 _TAG_LIMIT = 4000  # MLflow caps tag values at a few thousand characters
+_RECORD_ATTEMPTS = 3
+
+
+class PromotionRecordError(RuntimeError):
+    """The alias moved but the decision could not be written to the version's tags."""
 
 
 @dataclass(frozen=True)
@@ -60,17 +74,65 @@ class Decision:
     challenger_version: str | None = None
     champion_version: str | None = None
     no_op: bool = False  # nothing to decide: the challenger already is the champion
+    model_name: str = ""
+    decided_at: str = ""  # UTC, ISO 8601
 
     @property
     def label(self) -> str:
         return "no-op" if self.no_op else "promoted" if self.promote else "rejected"
 
     def render(self) -> str:
-        """The human-readable verdict CI prints."""
+        """The plain-text verdict (also stored in the version's `promotion.summary` tag)."""
         lines = [f"{self.label.upper()}: {self.reason}"]
         if not self.table.empty:
             lines += ["", self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}")]
         return "\n".join(lines)
+
+    def markdown(self) -> str:
+        """The gate's report for CI: verdict, versions, reason, and one table row per rule or floor."""
+        name = self.model_name or "model"
+        against = f"version {self.champion_version} (`{CHAMPION}`)" if self.champion_version else "absolute floors"
+        lines = [f"## Promotion gate for `{name}`: {self.label.upper()}", "",
+                 f"- challenger: version {self.challenger_version or '?'} (`{CHALLENGER}`)",
+                 f"- against: {against}",
+                 f"- decided: {self.decided_at or 'n/a'}",
+                 f"- reason: {self.reason}", ""]
+        if not self.table.empty:
+            lines += _markdown_table(self.table) + [""]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        table = self.table.astype(object).where(self.table.notna(), None)  # JSON has no NaN
+        return {"model": self.model_name, "decision": self.label, "promote": self.promote, "reason": self.reason,
+                "challenger_version": self.challenger_version, "champion_version": self.champion_version,
+                "decided_at": self.decided_at, "rules": table.to_dict("records")}
+
+
+def write_report(decision: Decision, out_dir: str | Path) -> Path:
+    """`promotion.md` (the Markdown report) and `promotion.json` in `out_dir`; returns the Markdown's path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / REPORT_JSON, json.dumps(decision.to_dict(), indent=2) + "\n")
+    atomic_write_text(out_dir / REPORT_MARKDOWN, decision.markdown())
+    return out_dir / REPORT_MARKDOWN
+
+
+def _markdown_table(table: pd.DataFrame) -> list[str]:
+    if "gain" in table:  # challenger against champion
+        header = ["metric", "n", "challenger", "champion", "gain", "95% CI of gain", "margin", "verdict"]
+        rows = [[r.metric, r.n, _num(r.challenger), _num(r.champion), _num(r.gain),
+                 f"[{_num(r.gain_ci_low)}, {_num(r.gain_ci_high)}]", _num(r.margin), f"**{r.verdict}**"]
+                for r in table.itertuples()]
+    else:  # first version against the floors
+        header = ["metric", "n", "mean", "needs", "verdict"]
+        rows = [[r.metric, r.n, _num(r.mean), f"{r.needs} {_num(r.floor)}", f"**{r.verdict}**"]
+                for r in table.itertuples()]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def _num(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.4g}"
 
 
 # ---- the decision itself: pure functions of per-utterance tables ------------------------------
@@ -152,6 +214,8 @@ def promote(model_name: str, data_root: str | Path, *, split: str = "test", rule
     `evaluate` maps {system name: model URI} to a per-utterance table with a `system` column; by
     default both models restore the evaluation set at `data_root` and are scored by
     `miipher2.evaluate`. Idempotent: when the challenger already is the champion, nothing happens.
+    The report lands in `out_dir` (`write_report`). Raises `PromotionRecordError` when the alias
+    moved but its record could not be written.
     """
     rules = list(rules)
     mlflow_client = client(tracking_uri)
@@ -159,10 +223,13 @@ def promote(model_name: str, data_root: str | Path, *, split: str = "test", rule
     if challenger is None:
         raise RegistryError(f"{model_name!r} has no version with alias {CHALLENGER!r}; register one with "
                             f"`miipher2 register`")
-    champion = version_by_alias(mlflow_client, model_name, CHAMPION)
+    champion = version_by_alias(mlflow_client, model_name, CHAMPION)  # what this evaluation is against
     if champion is not None and str(champion.version) == str(challenger.version):
-        return Decision(False, f"version {challenger.version} already is {model_name}@{CHAMPION}; nothing to do",
-                        challenger_version=str(challenger.version), champion_version=str(champion.version), no_op=True)
+        decision = Decision(False, f"version {challenger.version} already is {model_name}@{CHAMPION}; nothing to do",
+                            challenger_version=str(challenger.version), champion_version=str(champion.version),
+                            no_op=True, model_name=model_name, decided_at=_now())
+        write_report(decision, out_dir)
+        return decision
 
     systems = {CHALLENGER: f"models:/{model_name}/{challenger.version}"}
     if champion is not None:
@@ -176,28 +243,63 @@ def promote(model_name: str, data_root: str | Path, *, split: str = "test", rule
         decision = check_floors(per_system[CHALLENGER], floors)
     else:
         decision = compare(per_system[CHALLENGER], per_system[CHAMPION], rules, require_improvement=require_improvement)
+    decision.model_name = model_name
     decision.challenger_version = str(challenger.version)
     decision.champion_version = str(champion.version) if champion is not None else None
 
-    _record(mlflow_client, model_name, decision)
     if decision.promote:
-        mlflow_client.set_registered_model_alias(model_name, CHAMPION, challenger.version)
-        if champion is not None:
-            mlflow_client.set_model_version_tag(model_name, champion.version, "promotion.superseded_by",
-                                                challenger.version)
+        # Re-read the alias right before moving it: another gate may have moved it while this one
+        # evaluated. (MLflow has no compare-and-set; this narrows the window to two requests.)
+        now = version_by_alias(mlflow_client, model_name, CHAMPION)
+        if _version(now) != _version(champion):
+            decision.promote = False
+            decision.reason = (f"{model_name}@{CHAMPION} moved from {_describe(champion)} to {_describe(now)} while "
+                               f"this gate was evaluating; not overwriting it (the evaluation was against "
+                               f"{_describe(champion)}). Run the gate again to compare with the new champion.")
+        else:
+            mlflow_client.set_registered_model_alias(model_name, CHAMPION, challenger.version)
+    decision.decided_at = _now()
+    _record(mlflow_client, model_name, decision, champion)
+    write_report(decision, out_dir)
     return decision
 
 
-def _record(mlflow_client, model_name: str, decision: Decision) -> None:
+def _record(mlflow_client, model_name: str, decision: Decision, replaced) -> None:
+    """The decision on the challenger's tags (and `superseded_by` on a replaced champion), after the fact."""
     tags = {
         DECISION_TAG: decision.label,
         REASON_TAG: decision.reason[:_TAG_LIMIT],
-        TIMESTAMP_TAG: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        TIMESTAMP_TAG: decision.decided_at,
         AGAINST_TAG: f"version {decision.champion_version}" if decision.champion_version else "absolute floors",
         SUMMARY_TAG: decision.render()[:_TAG_LIMIT],
     }
-    for key, value in tags.items():
-        mlflow_client.set_model_version_tag(model_name, decision.challenger_version, key, value)
+    writes = [(decision.challenger_version, key, value) for key, value in tags.items()]
+    if decision.promote and replaced is not None:
+        writes.append((str(replaced.version), "promotion.superseded_by", decision.challenger_version))
+    for attempt in range(1, _RECORD_ATTEMPTS + 1):
+        try:
+            for version, key, value in writes:
+                mlflow_client.set_model_version_tag(model_name, version, key, value)
+            return
+        except Exception as err:  # noqa: BLE001 — any failure: retry, then say exactly what state we left
+            if attempt == _RECORD_ATTEMPTS:
+                moved = (f"{model_name}@{CHAMPION} now points to version {decision.challenger_version}"
+                         if decision.promote else f"{model_name}@{CHAMPION} was not moved")
+                raise PromotionRecordError(f"the gate decided '{decision.label}' and {moved}, but writing the "
+                                           f"decision to the version's tags failed: {err}") from err
+            time.sleep(attempt)
+
+
+def _version(model_version) -> str | None:
+    return None if model_version is None else str(model_version.version)
+
+
+def _describe(model_version) -> str:
+    return "no version" if model_version is None else f"version {model_version.version}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _registry_evaluator(data_root, split, out_dir, max_utterances, workers, metrics, asr) -> Evaluator:

@@ -5,9 +5,8 @@ Input: a pandas DataFrame, one row per recording, columns
     sample_rate  int, the rate of `audio` (any rate: the restorer resamples)
 Output: a DataFrame with the same columns: the restored audio and its rate (24 kHz).
 
-Artifacts: `restorer/` (config.yaml + adapters/vocoder safetensors, exactly the model directory)
-and, when the config's backbone source is a local directory rather than a hub id, `backbone/`
-(a copy of that encoder), so a `models:/` URI loads on any machine. The miipher2 code itself
+Artifact: `restorer/`, exactly the model directory (which bundles the frozen encoder when it came
+from a local directory rather than a hub id), so a `models:/` URI loads on any machine. The miipher2 code itself
 ships with the model too (`code_paths`): the model runs with the code it was trained with, and
 the model object is built from source at load time (`pyfunc_entry.py`), never unpickled.
 
@@ -25,16 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 try:  # the package must import without mlflow for `miipher2 --help`; mlflow is a dependency anyway
     from mlflow.pyfunc import PythonModel
 except ImportError:  # pragma: no cover
     PythonModel = object
 
-RESTORER_ARTIFACT, BACKBONE_ARTIFACT = "restorer", "backbone"
+RESTORER_ARTIFACT = "restorer"
 EXAMPLE_RATE = 16000
-# What serving needs besides miipher2's own (shipped) code.
+# What serving imports besides miipher2's own (shipped) code (tests/registry/test_serving.py
+# checks that a prediction imports nothing else). torchaudio only because speechbrain imports it;
+# see `model_requirements` for why 2.11 goes with torch 2.13.
 _REQUIREMENTS = ("torch", "transformers", "speechbrain", "vocos", "encodec", "einops", "torchaudio", "safetensors",
                  "numpy", "pandas", "scipy", "soundfile", "pyyaml")
 
@@ -49,10 +49,8 @@ class RestorerPyfunc(PythonModel):
     def load_context(self, context):
         from miipher2.model.restorer import Restorer
 
-        backbone = context.artifacts.get(BACKBONE_ARTIFACT)
         self.restorer = Restorer.from_pretrained(context.artifacts[RESTORER_ARTIFACT],
-                                                 device=os.environ.get("MIIPHER2_DEVICE") or None,
-                                                 backbone_source=backbone)
+                                                 device=os.environ.get("MIIPHER2_DEVICE") or None)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)
@@ -88,14 +86,6 @@ def input_example() -> pd.DataFrame:
     return to_model_input([np.round(wave, 4)], [EXAMPLE_RATE])
 
 
-def backbone_source(model_dir: str | Path) -> str:
-    config_file = Path(model_dir) / "config.yaml"
-    try:
-        return str(yaml.safe_load(config_file.read_text())["backbone"]["source"])
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
-        raise RegistryError(f"{model_dir}: not a Miipher-2 model directory ({err})") from err
-
-
 def log_restorer(model_dir: str | Path, *, name: str = "restorer", registered_model_name: str | None = None):
     """Log the model directory as a pyfunc model in the active MLflow run; returns ModelInfo."""
     import mlflow
@@ -103,10 +93,9 @@ def log_restorer(model_dir: str | Path, *, name: str = "restorer", registered_mo
     import miipher2
 
     model_dir = Path(model_dir)
-    source = backbone_source(model_dir)
+    if not (model_dir / "config.yaml").is_file():
+        raise RegistryError(f"{model_dir}: not a Miipher-2 model directory (no config.yaml)")
     artifacts = {RESTORER_ARTIFACT: str(model_dir)}
-    if Path(source).is_dir():
-        artifacts[BACKBONE_ARTIFACT] = str(Path(source).resolve())
     with tempfile.TemporaryDirectory() as staging:
         # Only the library's source: no caches, no stray files.
         code = Path(staging) / "miipher2"
@@ -119,7 +108,7 @@ def log_restorer(model_dir: str | Path, *, name: str = "restorer", registered_mo
             code_paths=[str(code)],
             signature=model_signature(),
             input_example=input_example(),
-            pip_requirements=_pinned_requirements(),
+            pip_requirements=model_requirements(),
             registered_model_name=registered_model_name,
         )
 
@@ -136,16 +125,36 @@ def load_pyfunc(uri: str):
     try:
         return mlflow.pyfunc.load_model(uri)
     except MlflowException as err:
+        from miipher2.registry.versions import server_failed
+
+        if server_failed(err):
+            raise
         raise RegistryError(f"cannot load {uri}: {err.message}") from err
     except (OSError, ValueError, KeyError, RuntimeError) as err:  # artifacts missing or weights unusable
         raise RegistryError(f"cannot load {uri}: the logged model is broken ({type(err).__name__}: {err})") from err
 
 
-def _pinned_requirements() -> list[str]:
+def model_requirements() -> list[str]:
+    """The serving environment: this environment's releases of what serving imports, as PyPI names them.
+
+    Exact pins, so a served model runs what it was tested with, but public releases only: a local
+    version label (`torch 2.13.0+cpu`, PyPI-less builds from PyTorch's CPU index) would make
+    `mlflow models serve` and virtualenv-based loads fail to install anything. The public release
+    is the same code; pip picks the build that fits the serving machine (from PyPI: CUDA).
+
+    torchaudio: speechbrain imports it, and its newest release, 2.11.0, declares no torch
+    requirement, so it installs beside torch 2.13. Its compiled extension is built against torch's
+    stable ABI and links torch's CUDA libraries: it loads beside PyPI's (CUDA) torch, but not beside
+    a CPU-only torch, where importing torchaudio fails until `torchaudio/lib/*.so` is removed (what
+    scripts/setup.sh and the pipeline image do). Restoring needs none of that extension: speechbrain
+    uses only torchaudio's Python parts, and audio files go through soundfile.
+    """
+    from packaging.version import Version
+
     pins = []
     for package in _REQUIREMENTS:
         try:
-            pins.append(f"{package}=={metadata.version(package)}")
+            pins.append(f"{package}=={Version(metadata.version(package)).public}")
         except metadata.PackageNotFoundError:
             pins.append(package)
     return pins

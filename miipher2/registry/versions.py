@@ -39,12 +39,21 @@ def register_restorer(model_dir: str | Path, model_name: str, *, dataset_revisio
     """
     import mlflow
 
+    from miipher2.tracking import ensure_experiment, open_run_ids
+
     mlflow_client = client(tracking_uri)
     tags = {"dataset_revision": dataset_revision or "unknown", "git_commit": git_commit or current_git_commit()}
     tags.update({f"metric.{name}": f"{value:.6g}" for name, value in (metrics or {}).items()})
-    if experiment or mlflow.active_run() is None:
-        mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", "Default"))
-    with mlflow.start_run(run_name=f"register-{model_name}", nested=mlflow.active_run() is not None) as run:
+    # Nested under the run the caller has open (a pipeline's parent run), in that run's experiment.
+    active = mlflow.active_run()
+    parent = active.info.run_id if active else (open_run_ids() or (None,))[-1]
+    if parent and not experiment:
+        experiment_id = mlflow_client.get_run(parent).info.experiment_id
+    else:
+        experiment_id = ensure_experiment(mlflow_client, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+                                          or "Default")
+    with mlflow.start_run(run_name=f"register-{model_name}", experiment_id=experiment_id, parent_run_id=parent,
+                          nested=active is not None) as run:
         mlflow.set_tags({"miipher2.step": "register", **tags})
         if metrics:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
@@ -64,6 +73,8 @@ def version_by_alias(mlflow_client, model_name: str, alias: str):
     try:
         registered = mlflow_client.get_registered_model(model_name)
     except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise  # the server failed (down, 5xx): not a problem with the name
         raise RegistryError(f"registered model {model_name!r} does not exist ({err.message}); "
                             f"register one with `miipher2 register`") from err
     if alias not in (registered.aliases or {}):
@@ -71,7 +82,17 @@ def version_by_alias(mlflow_client, model_name: str, alias: str):
     try:
         return mlflow_client.get_model_version_by_alias(model_name, alias)
     except MlflowException as err:
+        if server_failed(err):
+            raise
         raise RegistryError(f"{model_name}@{alias} points to a version that cannot be read: {err.message}") from err
+
+
+def server_failed(err) -> bool:
+    """MLflow's client could not get an answer (server down, timeout, a proxy's 5xx page): the input may be fine.
+
+    These are the REST client's own messages ("API request to ... failed with ..."); errors the
+    server reports about the request itself carry an error code and a message of their own."""
+    return "API request to" in str(getattr(err, "message", err))
 
 
 def current_git_commit() -> str:

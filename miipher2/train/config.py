@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,10 @@ import yaml
 PRESET_DIR = Path(__file__).parent / "presets"
 # Encoder rate is fixed by every supported backbone; the vocoder may output 16 or 24 kHz.
 ENCODER_SAMPLE_RATE = 16000
+# Data and optimisation settings a reviewer compares runs by (with every encoder and vocoder
+# setting); the rest is in the logged config.yaml.
+_TRACKED_DATA_KEYS = ("split", "min_seconds", "max_seconds", "degradation")
+_TRACKED_STAGE_KEYS = ("steps", "batch_size", "lr", "schedule", "segment_frames")
 
 
 class ConfigError(ValueError):
@@ -198,6 +203,26 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
+
+    def tracked_params(self, stage: str | None = None, also: Iterable[str] = ()) -> dict[str, Any]:
+        """What a run compares by: the preset, model and data choices, one stage's optimisation
+        settings (every stage's with `stage=None`), and the settings named in `also` (dotted keys,
+        e.g. those a user overrode). The whole config travels as `config.yaml`."""
+        data = self.to_dict()
+        stages = [stage] if stage else [name for name in data if name.startswith("stage")]
+        params = {"preset": self.name, **({"stage": stage} if stage else {})}
+        for section in ("encoder", "vocoder"):
+            params.update({f"{section}.{k}": v for k, v in data[section].items() if v is not None})
+        params.update({f"data.{k}": data["data"][k] for k in _TRACKED_DATA_KEYS if data["data"].get(k) is not None})
+        for name in stages:
+            params.update({f"{name}.{k}": data[name][k] for k in _TRACKED_STAGE_KEYS if k in data[name]})
+        for key in also:
+            node: Any = data
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None and not isinstance(node, dict):
+                params[key] = node
+        return params
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -1,12 +1,16 @@
 """Clean-feature cache: the frozen encoder's features of every clean item, computed once.
 
 Stage 1 needs them as targets and stage 2 as vocoder inputs; both would otherwise run the
-encoder on every clean item at every step. Features depend only on the frozen encoder, so
-the cache lives under a directory named by the encoder's identity: preset, source, feature
-layer and a fingerprint of the encoder weights. Change any of them and the cache is a
-different directory; a stale hit is impossible by construction.
+encoder on every clean item at every step. Features depend on three things, and the cache keys
+on each of them:
 
-    <cache>/features/<identity>/<2 hex>/<sha1(item key)>.safetensors   fp16 [frames, dim]
+- the encoder: the directory is named by its identity (preset, source, feature layer and a
+  fingerprint of the weights), the precision it runs at and `FEATURES_VERSION` (bumped when the
+  frontends or the padding handling change what the cleaner computes);
+- the audio: a file is named by the sha256 of the item's decoded 16 kHz samples, so a rewritten
+  or re-processed file, or another corpus reusing utt_ids, is a miss, never a stale hit.
+
+    <cache>/features/<identity>/<precision>-v<FEATURES_VERSION>/<2 hex>/<content key>.safetensors   fp16 [frames, dim]
 
 One small file per item: written atomically (temp file + rename), so concurrent writers
 (stage 1 and stage 2 started side by side, or DDP ranks) never expose half a file, and a
@@ -18,28 +22,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from miipher2.files import atomic_file
-
-
-def weights_fingerprint(module: nn.Module, exclude: Iterable[torch.Tensor] = ()) -> str:
-    """sha256 over names, dtypes, shapes and bytes of a module's state, minus `exclude`d tensors."""
-    skip = {t.data_ptr() for t in exclude}
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict(keep_vars=True).items()):
-        if tensor.data_ptr() in skip:
-            continue
-        data = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()
+from miipher2.model.backbone import FEATURES_VERSION
 
 
 def encoder_identity(preset: str, source: str, feature_layer: int, fingerprint: str) -> str:
@@ -49,20 +40,21 @@ def encoder_identity(preset: str, source: str, feature_layer: int, fingerprint: 
     return hashlib.sha256(description.encode()).hexdigest()[:20]
 
 
+def content_key(wave: np.ndarray) -> str:
+    """The cache key of an item: sha256 of its decoded 16 kHz float32 samples (the encoder's input)."""
+    return hashlib.sha256(np.ascontiguousarray(wave, dtype=np.float32).tobytes()).hexdigest()
+
+
 class FeatureCache:
-    def __init__(self, root: str | os.PathLike, identity: str):
+    def __init__(self, root: str | os.PathLike, identity: str, precision: str):
         self.identity = identity
-        self.directory = Path(root) / "features" / identity
+        self.directory = Path(root) / "features" / identity / f"{precision}-v{FEATURES_VERSION}"
 
     def path_for(self, key: str) -> Path:
-        name = hashlib.sha1(key.encode()).hexdigest()
-        return self.directory / name[:2] / f"{name}.safetensors"
+        return self.directory / key[:2] / f"{key}.safetensors"
 
     def __contains__(self, key: str) -> bool:
         return self.path_for(key).is_file()
-
-    def missing(self, keys: Sequence[str]) -> list[str]:
-        return [k for k in keys if k not in self]
 
     def get(self, key: str) -> torch.Tensor | None:
         """Features as float32 [frames, dim], or None on a miss (or an unreadable file)."""
@@ -75,7 +67,8 @@ class FeatureCache:
             return None
         return tensors["features"].float()
 
-    def put(self, key: str, features: torch.Tensor) -> None:
+    def put(self, key: str, features: torch.Tensor, item: str = "") -> None:
+        """Store features under a content key; `item` (e.g. utt_id@start-end) is kept for people reading files."""
         with atomic_file(self.path_for(key)) as tmp:
             save_file({"features": features.detach().to("cpu", torch.float16).contiguous()}, str(tmp),
-                      metadata={"key": key, "encoder": self.identity})
+                      metadata={"item": item, "encoder": self.identity})

@@ -30,15 +30,23 @@ from miipher2.files import atomic_write_text
 from miipher2.train.backbone import resolve_source
 from miipher2.train.checkpoint import Resumable, load_weights, save_weights
 from miipher2.train.config import ENCODER_SAMPLE_RATE, StageConfig, TrainConfig, VocoderStageConfig
-from miipher2.train.data import (LengthBucketBatchSampler, TrainingDataset, collate, load_items, make_degrader,
-                                 window_start)
+from miipher2.train.data import LengthBucketBatchSampler, TrainingDataset, collate, load_items, make_degrader
 from miipher2.train.distributed import DistContext, barrier, init_distributed, per_rank_batch_size
-from miipher2.train.feature_cache import FeatureCache, encoder_identity, weights_fingerprint
+from miipher2.train.feature_cache import FeatureCache, encoder_identity
 from miipher2.train.loop import (StageResult, StepFn, autocast_for, configure_backends, lr_multiplier, prepare_out_dir,
                                  run_loop)
 from miipher2.train.losses import feature_cleaner_loss
 
 ENCODER_FILE = "encoder.json"
+# Audio encoded on each side of a vocoder training window when features are computed online
+# (stage 3; stage 2 without the cache), instead of the whole item (up to data.max_seconds, 10 s in
+# the paper preset) for a 0.64 s window. No family's features of a window are exactly those of the
+# whole item (global attention; utterance-level normalisation of w2v-BERT's fbanks, mHuBERT's first
+# CNN layer and HuBERT-large / WavLM inputs; USM's cumulative normalisation from the first frame),
+# but the difference shrinks with context: with 1 s, on every family it is below half of what
+# white noise at 30 dB SNR (the mildest noise the paper trains with) changes in the same features
+# (tests/train/test_windows.py; docs/training.md has the measured figures).
+WINDOW_CONTEXT_SECONDS = 1.0
 ADAPTERS_FILE, VOCODER_FILE, DISCRIMINATOR_FILE = "adapters.safetensors", "vocoder.safetensors", "discriminator.safetensors"
 
 
@@ -61,6 +69,18 @@ def cache_dir_for(config: TrainConfig, out_dir: Path) -> Path:
     return Path(config.cache.dir) if config.cache.dir else out_dir.parent / "cache"
 
 
+def feature_cache_for(config: TrainConfig, out_dir: Path, encoder: Encoder, ctx: DistContext) -> FeatureCache:
+    """The cache of this encoder's features at the precision its forward pass runs at here."""
+    precision = "bf16" if ctx.device.type == "cuda" and config.runtime.precision == "bf16" else "fp32"
+    return FeatureCache(cache_dir_for(config, out_dir), encoder.identity, precision)
+
+
+def window_context(cleaner: nn.Module) -> int:
+    """WINDOW_CONTEXT_SECONDS in 16 kHz samples, rounded up to whole frames."""
+    hop = cleaner.hop_length
+    return -(-int(WINDOW_CONTEXT_SECONDS * ENCODER_SAMPLE_RATE) // hop) * hop
+
+
 def build_encoder(config: TrainConfig, cache_dir: Path, device: torch.device, ctx: DistContext | None = None) -> Encoder:
     from miipher2.model.backbone import FeatureCleaner
 
@@ -73,8 +93,7 @@ def build_encoder(config: TrainConfig, cache_dir: Path, device: torch.device, ct
         barrier(ctx)
     source = resolve_source(enc.preset, enc.source, cache_dir, seed=config.runtime.seed)
     cleaner = FeatureCleaner.from_pretrained(source, enc.preset, enc.feature_layer, enc.adapter_dim)
-    fingerprint = weights_fingerprint(cleaner, exclude=cleaner.adapter_parameters())
-    identity = encoder_identity(enc.preset, enc.source, cleaner.feature_layer, fingerprint)
+    identity = encoder_identity(enc.preset, enc.source, cleaner.feature_layer, cleaner.encoder_fingerprint())
     return Encoder(cleaner.to(device), source, identity)
 
 
@@ -140,8 +159,10 @@ def stage_session(config: TrainConfig, stage: str, out_dir: Path, tracker) -> It
         if tracker is not None or not ctx.is_main:
             yield ctx, tracker if ctx.is_main else Tracker()
             return
-        with tracked_run(f"{config.name}-{stage}", tags={"stage": stage, "preset": config.name}) as run_tracker:
-            run_tracker.log_params({"stage": stage, "world_size": ctx.world_size, **config.to_dict()})
+        # Records MLflow cannot take yet wait in the stage's directory: a resumed stage delivers them.
+        with tracked_run(f"{config.name}-{stage}", tags={"stage": stage, "preset": config.name},
+                         spool_dir=out_dir) as run_tracker:
+            run_tracker.log_params({"world_size": ctx.world_size, **config.tracked_params(stage)})
             yield ctx, run_tracker
     finally:
         torch.set_num_threads(threads)  # a library call leaves the caller's process as it found it
@@ -151,24 +172,28 @@ def fill_feature_cache(encoder: Encoder, cache: FeatureCache, dataset_root: Path
                        runtime, batch_size: int, num_workers: int) -> int:
     """Compute the clean features of every item missing from the cache; ranks share the work.
 
-    Returns how many items this process computed. Items are encoded in length-sorted batches
-    (little padding) without adapters: these are the frozen encoder's own features.
+    Returns how many items this process computed. Every item is decoded (its content is its
+    key); the missing ones are encoded in length-sorted batches (little padding, and padding
+    does not change features) without adapters: these are the frozen encoder's own features.
     """
     mine = sorted(items[ctx.rank:: ctx.world_size], key=lambda item: item.end - item.start)
-    todo = [i for i, item in enumerate(mine) if item.key not in cache]
-    if todo:
-        dataset = TrainingDataset(dataset_root, mine, clean=True)
-        batches = [[(i, 0) for i in todo[b: b + batch_size]] for b in range(0, len(todo), batch_size)]
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
-        cleaner = encoder.cleaner
-        with torch.no_grad(), autocast_for(ctx, runtime):
-            for batch in loader:
-                features, frames = cleaner(batch["clean"].to(ctx.device), batch["clean_lengths"].to(ctx.device),
-                                           use_adapters=False)
-                for key, feats, n in zip(batch["keys"], features, frames.tolist()):
-                    cache.put(key, feats[:n])
+    dataset = TrainingDataset(dataset_root, mine, clean=True)
+    batches = [[(i, 0) for i in range(b, min(b + batch_size, len(mine)))] for b in range(0, len(mine), batch_size)]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
+    computed = 0
+    with torch.no_grad(), autocast_for(ctx, runtime):
+        for batch in loader:
+            rows = [row for row, key in enumerate(batch["clean_keys"]) if key not in cache]
+            if not rows:
+                continue
+            lengths = batch["clean_lengths"][rows]
+            wave = batch["clean"][rows, : int(lengths.max())]
+            features, frames = encoder.cleaner(wave.to(ctx.device), lengths.to(ctx.device), use_adapters=False)
+            for row, feats, n in zip(rows, features, frames.tolist()):
+                cache.put(batch["clean_keys"][row], feats[:n], item=batch["keys"][row])
+            computed += len(rows)
     barrier(ctx)
-    return len(todo)
+    return computed
 
 
 def _write_encoder_record(out_dir: Path, encoder: Encoder, config: TrainConfig, ctx: DistContext) -> None:
@@ -217,11 +242,12 @@ def train_stage1(config: TrainConfig, data_root: str | os.PathLike, out_dir: str
     with stage_session(config, "stage1", out_dir, tracker) as (ctx, tracker):
         encoder = build_encoder(config, cache_dir_for(config, out_dir), ctx.device, ctx)
         _write_encoder_record(out_dir, encoder, config, ctx)
-        items = load_items(data_root, config.data.split, config.data.max_seconds, config.data.min_seconds)
+        items = load_items(data_root, config.data.split, config.data.max_seconds, config.data.min_seconds,
+                           min_rate=ENCODER_SAMPLE_RATE)
         batch = per_rank_batch_size(ctx, stage.batch_size, "stage1.batch_size")
         cache = None
         if config.cache.enabled:
-            cache = FeatureCache(cache_dir_for(config, out_dir), encoder.identity)
+            cache = feature_cache_for(config, out_dir, encoder, ctx)
             fill_feature_cache(encoder, cache, data_root, items, ctx, config.runtime, batch, config.data.num_workers)
         dataset = TrainingDataset(data_root, items, seed=config.runtime.seed,
                                   degrade=degrade or make_degrader(data_root, _degradation(config)),
@@ -286,20 +312,22 @@ def _train_vocoder(name: str, config: TrainConfig, data_root: Path, out_dir: Pat
         _write_encoder_record(out_dir, encoder, config, ctx)
         vocoder, discriminator = vocoder.to(ctx.device).train(), discriminator.to(ctx.device).train()
 
-        items = load_items(data_root, config.data.split, config.data.max_seconds, config.data.min_seconds)
+        # Targets are waves at the vocoder's rate: sources recorded below it are left out.
+        items = load_items(data_root, config.data.split, config.data.max_seconds, config.data.min_seconds,
+                           min_rate=config.vocoder.sample_rate)
         batch_size = per_rank_batch_size(ctx, stage.batch_size, f"{name}.batch_size")
-        hop_out = vocoder.hop_length
-        common = dict(seed=config.runtime.seed, target_rate=config.vocoder.sample_rate)
-        if name == "stage3":  # windows are cut after the cleaner has seen the whole item
+        common = dict(seed=config.runtime.seed, target_rate=config.vocoder.sample_rate,
+                      window_frames=stage.segment_frames, frame_hop=cleaner.hop_length)
+        online = dict(context=window_context(cleaner), **common)  # the step encodes window + context
+        if name == "stage3":
             dataset = TrainingDataset(data_root, items, degrade=degrade or make_degrader(data_root, _degradation(config)),
-                                      **common)
+                                      **online)
         elif config.cache.enabled:
-            cache = FeatureCache(cache_dir_for(config, out_dir), encoder.identity)
+            cache = feature_cache_for(config, out_dir, encoder, ctx)
             fill_feature_cache(encoder, cache, data_root, items, ctx, config.runtime, batch_size, config.data.num_workers)
-            dataset = TrainingDataset(data_root, items, features=cache, window_frames=stage.segment_frames,
-                                      frame_hop=cleaner.hop_length, **common)
+            dataset = TrainingDataset(data_root, items, features=cache, **common)
         else:
-            dataset = TrainingDataset(data_root, items, clean=True, **common)
+            dataset = TrainingDataset(data_root, items, clean=True, **online)
 
         generator, critic = ddp(vocoder, ctx), ddp(discriminator, ctx)
         objective = objective.to(ctx.device)
@@ -309,7 +337,7 @@ def _train_vocoder(name: str, config: TrainConfig, data_root: Path, out_dir: Pat
         autocast = autocast_for(ctx, config.runtime)
 
         step = vocoder_step(cleaner, vocoder, discriminator, generator, critic, objective, (opt_g, opt_d), (sched_g, sched_d),
-                            stage, ctx, autocast, use_adapters=name == "stage3", hop_out=hop_out)
+                            stage, ctx, autocast, use_adapters=name == "stage3")
 
         sampler = LengthBucketBatchSampler(dataset.lengths(), stage.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                                            seed=config.runtime.seed, bucket_window=config.data.bucket_window)
@@ -358,13 +386,14 @@ def stage1_step(cleaner: nn.Module, model: nn.Module, optimizer, scheduler, stag
 
 def vocoder_step(cleaner: nn.Module, vocoder: nn.Module, discriminator: nn.Module, generator: nn.Module,
                  critic: nn.Module, objective, optimizers, schedulers, stage: VocoderStageConfig, ctx: DistContext,
-                 autocast, *, use_adapters: bool, hop_out: int) -> StepFn:
+                 autocast, *, use_adapters: bool) -> StepFn:
     """One GAN step (discriminator, then generator) on a window of features, any vocoder kind.
 
     `objective` is the kind's `GanObjective` (`build_objective`). Features come cut from the batch
-    (stage 2 with the cache) or from the frozen cleaner, run on the whole item without gradients:
-    with adapters on degraded audio (stage 3), without on clean audio (stage 2 without the cache).
-    `generator` / `critic` are the DDP-wrapped `vocoder` / `discriminator` when several processes train.
+    (stage 2 with the cache) or from the frozen cleaner, run without gradients on the window and
+    its context: with adapters on degraded audio (stage 3), without on clean audio (stage 2
+    without the cache). `generator` / `critic` are the DDP-wrapped `vocoder` / `discriminator`
+    when several processes train.
     """
     opt_g, opt_d = optimizers
     sched_g, sched_d = schedulers
@@ -374,10 +403,10 @@ def vocoder_step(cleaner: nn.Module, vocoder: nn.Module, discriminator: nn.Modul
             return batch["features"].to(ctx.device), batch["target_wave"].to(ctx.device)
         wave_name = "degraded" if "degraded" in batch else "clean"
         with torch.no_grad(), autocast:
-            features, frames = cleaner(batch[wave_name].to(ctx.device), batch[f"{wave_name}_lengths"].to(ctx.device),
-                                       use_adapters=use_adapters)
-        return cut_windows(features.float(), frames, batch["target_wave"].to(ctx.device), batch["window"],
-                           stage.segment_frames, hop_out)
+            features, _ = cleaner(batch[wave_name].to(ctx.device), batch[f"{wave_name}_lengths"].to(ctx.device),
+                                  use_adapters=use_adapters)
+        return cut_windows(features.float(), batch["window_offset"].tolist(), stage.segment_frames), \
+            batch["target_wave"].to(ctx.device)
 
     def step(batch: dict) -> dict[str, float]:
         features, real = features_and_targets(batch)
@@ -403,17 +432,11 @@ def vocoder_step(cleaner: nn.Module, vocoder: nn.Module, discriminator: nn.Modul
     return step
 
 
-def cut_windows(features: torch.Tensor, frames: torch.Tensor, waves: torch.Tensor, fractions: torch.Tensor,
-                window: int, hop_out: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training window per item: `window` frames of features and the matching output samples."""
-    feature_cuts, wave_cuts = [], []
-    for feats, n, wave, fraction in zip(features, frames.tolist(), waves, fractions.tolist()):
-        start = window_start(int(n), fraction, window)
-        piece = feats[start: start + window]
-        feature_cuts.append(nn.functional.pad(piece, (0, 0, 0, window - piece.shape[0])))
-        samples = wave[start * hop_out: (start + window) * hop_out]
-        wave_cuts.append(nn.functional.pad(samples, (0, window * hop_out - samples.shape[0])))
-    return torch.stack(feature_cuts), torch.stack(wave_cuts)
+def cut_windows(features: torch.Tensor, offsets: list[int], window: int) -> torch.Tensor:
+    """`window` frames of each item's features from its offset, zero-padded past the item's end
+    (the features are zero there already: the cleaner zeroes padding)."""
+    features = nn.functional.pad(features, (0, 0, 0, max(0, max(offsets) + window - features.shape[1])))
+    return torch.stack([feats[offset: offset + window] for feats, offset in zip(features, offsets)])
 
 
 def _degradation(config: TrainConfig):

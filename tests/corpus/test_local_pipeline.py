@@ -60,6 +60,23 @@ def test_local_pipeline_run_with_registered_model_then_cli_resumes(tmp_path, reg
     assert len(shards) == 2
     assert sum(o["artifacts"]["metrics"]["artifacts"][0]["metadata"]["restored"] for o in shards) == 5
 
+    # The restoration is an MLflow run naming the version the alias resolved to, a child per shard.
+    import mlflow
+
+    (parent,) = mlflow.search_runs(experiment_names=["corpus-tests"], output_format="list",
+                                   filter_string="tags.pipeline_step = 'restoration'")
+    assert parent.data.tags["registered_model"] == MODEL_NAME and parent.data.tags["registered_version"] == version
+    assert parent.data.tags["model_uri"] == f"models:/{MODEL_NAME}/{version}"
+    assert parent.data.metrics["files_restored"] == 5 and parent.data.metrics["files_failed"] == 1
+    model_id = mlflow.MlflowClient().get_model_version(MODEL_NAME, version).model_id
+    assert [m.model_id for m in parent.inputs.model_inputs] == [model_id]
+    children = mlflow.search_runs(experiment_names=["corpus-tests"], output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["shard"] for c in children) == ["0", "1"]
+    assert sum(c.data.metrics["restored"] for c in children) == 5
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "restoration")} >= {
+        "restoration/summary.md", "restoration/summary.json", "restoration/test.csv"}
+
     # The CLI's library call picks up where the pipeline left: same plan, nothing left to restore.
     run = restore_corpus(manifest, alias_uri, out, shards=2)
     assert run.summary.files["restored_now"] == 0 and run.summary.files["reused"] == 5

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
-from miipher2.data import effects
+from miipher2.data import effects, opus
 from miipher2.data.degrade import (EFFECTS, DegradationConfig, DegradationConfigError, Degrader,
                                    materialize_degraded)
 from miipher2.data.manifest import COLUMNS, manifest_path, read_manifest, write_manifest
@@ -141,15 +141,16 @@ def test_band_limit_effect_reports_its_cutoff(p_resample, rng):
 # ------------------------------------------------------------------ codecs
 
 
-@pytest.mark.parametrize("codec, level, mode", [
-    ("mp3", 0.6, "CONSTANT"), ("mp3", 0.95, "CONSTANT"),  # 0.95 CBR: LAME pads, alignment must be restored
-    ("mp3", 0.9, "VARIABLE"), ("mp3", 0.8, "AVERAGE"),
-    ("vorbis", 0.3, None), ("vorbis", 1.0, None), ("opus", 0.75, None), ("opus", 1.0, None),
-    ("alaw", None, None), ("mulaw", None, None),
+@pytest.mark.parametrize("codec, level, mode, bitrate", [
+    ("mp3", 0.6, "CONSTANT", None), ("mp3", 0.95, "CONSTANT", None),  # 0.95 CBR: LAME pads, alignment must be restored
+    ("mp3", 0.9, "VARIABLE", None), ("mp3", 0.8, "AVERAGE", None),
+    ("vorbis", 0.3, None, None), ("vorbis", 1.0, None, None), ("opus", 0.75, None, None), ("opus", 1.0, None, None),
+    ("opus_silk", None, None, 6.0), ("opus_silk", None, None, 40.0),
+    ("alaw", None, None, None), ("mulaw", None, None, None),
 ])
-def test_codec_round_trip_keeps_length_and_alignment(codec, level, mode, rng):
+def test_codec_round_trip_keeps_length_and_alignment(codec, level, mode, bitrate, rng):
     clean = speechlike(rng)
-    decoded, kbps = effects.codec_round_trip(clean, RATE, codec, level, mode)
+    decoded, kbps = effects.codec_round_trip(clean, RATE, codec, level, mode, bitrate)
     assert decoded.dtype == np.float32 and len(decoded) == len(clean)
     assert abs(lag_of(decoded, clean)) <= 1
     assert kbps > 0
@@ -158,25 +159,56 @@ def test_codec_round_trip_keeps_length_and_alignment(codec, level, mode, rng):
     assert snr > 0  # still the same signal
 
 
-def test_codec_at_an_unsupported_rate_resamples_around_it(rng):
+@pytest.mark.parametrize("codec, bitrate", [("opus", None), ("opus_silk", 12.0)])
+def test_codec_at_an_unsupported_rate_resamples_around_it(codec, bitrate, rng):
     clean = speechlike(rng, rate=22050)
-    assert effects.codec_rate("opus", 22050) == 24000
-    decoded, _ = effects.codec_round_trip(clean, 22050, "opus", 0.8)
+    assert effects.codec_rate(codec, 22050) == 24000
+    decoded, _ = effects.codec_round_trip(clean, 22050, codec, 0.8 if bitrate is None else None, kbps=bitrate)
     assert len(decoded) == len(clean) and abs(lag_of(decoded, clean)) <= 1
+
+
+@pytest.mark.parametrize("kbps", [6.0, 24.0])
+def test_opus_silk_spends_the_requested_bitrate_and_repeats_itself(kbps, rng):
+    clean = speechlike(rng, seconds=3.0)
+    decoded, used = effects.codec_round_trip(clean, RATE, "opus_silk", kbps=kbps)
+    assert used == pytest.approx(kbps, rel=0.25)  # VBR around the target, from the packets actually sent
+    again, _ = effects.codec_round_trip(clean.copy(), RATE, "opus_silk", kbps=kbps)
+    assert np.array_equal(decoded, again)
+
+
+def test_opus_silk_refuses_to_leave_silk_mode(monkeypatch, rng):
+    # libopus must code frames shorter than 10 ms with CELT, the CPU-dependent layer: an error, not silent bytes.
+    monkeypatch.setattr(opus, "FRAME_S", 0.005)
+    with pytest.raises(opus.OpusError, match="left SILK mode"):
+        effects.codec_round_trip(speechlike(rng), RATE, "opus_silk", kbps=12.0)
+
+
+def test_opus_silk_needs_a_bitrate(rng):
+    with pytest.raises(ValueError, match="kbps"):
+        effects.codec_round_trip(speechlike(rng), RATE, "opus_silk")
 
 
 def test_codec_effect_records_its_settings(rng):
     clean = speechlike(rng)
-    degrader = Degrader(only("codec"), {}, [])
+    degrader = Degrader(only("codec", codec_weights={**DegradationConfig().codec_weights, "opus_silk": 1.0}), {}, [])
     seen = set()
-    for seed in range(12):
+    for seed in range(16):
         out, (record,) = degrader(clean, np.random.default_rng(seed))
         seen.add(record["codec"])
         assert len(out) == len(clean) and abs(lag_of(out, clean)) <= 1
         assert record["kbps"] > 0
         if record["codec"] == "mp3":
             assert record["bitrate_mode"] in effects.MP3_BITRATE_MODES
-    assert len(seen) >= 3
+        if record["codec"] == "opus_silk":
+            assert 6.0 <= record["bitrate_kbps"] <= 40.0
+    assert len(seen) >= 3 and "opus_silk" in seen
+
+
+def test_reproducible_config_codes_opus_in_silk_mode_only():
+    default, pinned = DegradationConfig(), DegradationConfig.reproducible()
+    assert default.cpu_dependent_codecs() == ["opus"] and pinned.cpu_dependent_codecs() == []
+    assert pinned.codec_weights == {("opus_silk" if c == "opus" else c): w for c, w in default.codec_weights.items()}
+    assert pinned.to_dict() == {**default.to_dict(), "codec_weights": pinned.codec_weights}
 
 
 # ------------------------------------------------------------------ packet loss, clipping, gain
@@ -325,6 +357,7 @@ def test_materialize_degraded_is_deterministic_and_skips_bad_rows(tmp_path, rng,
     with caplog.at_level(logging.WARNING):
         written = materialize_degraded(tmp_path, seed=7)
     assert "gone" in caplog.text and "escape" in caplog.text
+    assert "other CPU models" not in caplog.text  # the default config is the reproducible one
     assert set(written) == {"val", "test"}
     first = {split: path.read_bytes() for split, path in written.items()}
     wavs = {p.name: p.read_bytes() for p in sorted((tmp_path / "degraded").rglob("*.wav"))}
@@ -348,6 +381,11 @@ def test_materialize_degraded_is_deterministic_and_skips_bad_rows(tmp_path, rng,
 
     materialize_degraded(tmp_path, seed=8)
     assert {p.name: p.read_bytes() for p in sorted((tmp_path / "degraded").rglob("*.wav"))} != wavs
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        materialize_degraded(tmp_path, seed=7, config=DegradationConfig())
+    assert "['opus'] encode differently on other CPU models" in caplog.text
 
     write_manifest(val.iloc[:2], manifest_path(tmp_path, "val"))  # v3 leaves the split
     materialize_degraded(tmp_path, splits=("val",), seed=7)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +290,58 @@ def test_config_limits_are_honoured(tmp_path):
     first = validate_dataset(root, report_dir=tmp_path / "r1").to_json()
     assert first == validate_dataset(root, report_dir=tmp_path / "r2").to_json()
     assert main(["validate", str(root), "--splits", "train", "--sample-rate", "0"]) == 0
+
+
+@contextlib.contextmanager
+def _as_a_user_who_may_not_read_private_files():
+    """Root reads every file whatever its mode: as root, act as `nobody` for the block."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.fixture
+def private_corpus():
+    """A corpus where one manifest, one audio file and one folder are readable by their owner only.
+
+    It lies in a fresh folder of the system temp dir (pytest's own is private to its user)."""
+    base = Path(tempfile.mkdtemp(prefix="miipher2-private-"))
+    base.chmod(0o777)  # the report goes here, written by the unprivileged user
+    root = base / "data"
+    _good_corpus(root)
+    private = [manifest_path(root, "train"), root / "clean/en/val1.wav", root / "clean/en/sub"]
+    rows = [_row("deep", _wav(root, "sub/deep", _tone()), "test", "s3")]
+    write_manifest(pd.concat([read_manifest(manifest_path(root, "test")), pd.DataFrame(rows)]), manifest_path(root, "test"))
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    for path in private:
+        path.chmod(0o000)
+    yield base, root
+    for path in private:
+        path.chmod(0o755)
+    shutil.rmtree(base)
+
+
+def test_unreadable_manifests_files_and_folders_are_reported_not_raised(private_corpus, capsys):
+    base, root = private_corpus
+    with _as_a_user_who_may_not_read_private_files():
+        report = validate_dataset(root, workers=2)
+        code = main(["validate", str(root), "--report-dir", str(base / "report")])
+    failures = {(f.split, f.row, f.check): f for f in report.failures}
+    assert set(failures) == {("train", None, "unreadable_manifest"), ("val", 1, "unreadable_file"),
+                             ("test", 3, "unreadable_file")}
+    assert failures[("train", None, "unreadable_manifest")].message == (
+        f"cannot read {manifest_path(root, 'train')}: Permission denied")
+    assert failures[("val", 1, "unreadable_file")].path == "clean/en/val1.wav"
+    assert "cannot read 'clean/en/sub/deep.wav': Permission denied" == failures[("test", 3, "unreadable_file")].message
+    assert report.rows == {"val": 3, "test": 4}  # everything readable was still checked
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "unreadable_manifest" in out and "unreadable_file" in out and "FAIL: 3 failures" in out

@@ -7,11 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from miipher2.data import versioning
-from miipher2.data.demo import DemoConfig, build_demo
+from miipher2.data import synth, versioning
+from miipher2.data.demo import DemoConfig, build_demo, toolchain
 from miipher2.data.versioning import (DatasetVersionError, DeterminismError, dataset_md5, directory_md5,
-                                      ensure_demo_dataset, fetch_dataset, file_hashes, pull, push, workspace_md5)
+                                      ensure_demo_dataset, fetch_dataset, file_hashes, pin_demo_dataset, pull, push,
+                                      recorded_toolchain, workspace_md5)
 
 from tests.data.conftest import BUCKET
 
@@ -98,6 +100,7 @@ def test_an_older_revision_is_read_from_the_remote(s3_repo, tmp_path):
     shutil.rmtree(repo_path / ".dvc" / "cache")  # the working copy holds v2; v1 exists only on S3
     info = fetch_dataset(repo_path, "v1", tmp_path / "v1")
     assert info.files == v1 == file_hashes(tmp_path / "v1")
+    assert info.commit == _git(repo_path, "rev-parse", "v1^{commit}")  # the tag, resolved
     assert info.md5 == dataset_md5(repo_path, "v1") != dataset_md5(repo_path, "v2")
     assert dvc.api.read("data/manifests/train.csv", repo=str(repo_path), rev="v1") == "utt_id,path\nv1,clean/en/a.wav\n"
     # Same version again: verified in place, nothing replaced.
@@ -153,11 +156,10 @@ def test_committed_dvc_config_has_remotes_and_no_credentials():
     assert "/config.local" in (REPO_ROOT / ".dvc" / ".gitignore").read_text().split()
 
 
-def test_repository_pins_a_dataset_with_data_dvc():
-    import yaml
-
+def test_repository_pins_a_dataset_with_data_dvc_and_the_tools_it_was_built_with():
     outs = yaml.safe_load((REPO_ROOT / "data.dvc").read_text())["outs"]
     assert [out["path"] for out in outs] == ["data"] and outs[0]["md5"].endswith(".dir")
+    assert recorded_toolchain(REPO_ROOT).keys() == toolchain().keys()  # pinned with `miipher2 data pin-demo`
 
 
 def test_ensure_demo_dataset_keeps_pulls_or_rebuilds(tmp_path, monkeypatch):
@@ -182,14 +184,43 @@ def test_ensure_demo_dataset_keeps_pulls_or_rebuilds(tmp_path, monkeypatch):
     assert calls == [] and file_hashes(repo_path / "data") == pinned
 
 
-def test_ensure_demo_dataset_refuses_a_corpus_that_differs_from_data_dvc(tmp_path):
-    repo_path = _dvc_repo(tmp_path / "repo", {"local": {"url": str(tmp_path / "storage")}}, "local")
-    build_demo(repo_path / "data", DemoConfig.tiny(languages=("en",), librivox_dir=None, rooms=1))
-    _track_and_commit(repo_path, "demo corpus")
+def test_pin_records_the_build_and_its_toolchain_for_the_next_machine(tmp_path):
+    config = DemoConfig.tiny(languages=("en",), librivox_dir=None, rooms=1)
+    storage = tmp_path / "storage"
+    repo_path = _dvc_repo(tmp_path / "repo", {"local": {"url": str(storage)}}, "local")
+    build_demo(repo_path / "data", config)
+    _track_and_commit(repo_path, "an older corpus")
+    (repo_path / "data.dvc").write_text((repo_path / "data.dvc").read_text() + "meta:\n  owner: data team\n")
+
+    md5 = pin_demo_dataset(repo_path, config=DemoConfig.tiny(languages=("en",), librivox_dir=None, rooms=1, seed=3))
+    assert md5 == workspace_md5(repo_path)[0] == directory_md5(repo_path / "data")
+    assert recorded_toolchain(repo_path) == toolchain()
+    assert yaml.safe_load((repo_path / "data.dvc").read_text())["meta"]["owner"] == "data team"  # other meta kept
     _forget_local_copies(repo_path)
-    with pytest.raises(DeterminismError, match="deterministic"):
-        ensure_demo_dataset(repo_path, config=DemoConfig.tiny(languages=("en",), librivox_dir=None, rooms=1, seed=5))
-    assert not any((tmp_path / "storage").rglob("*.dir"))  # nothing wrong was pushed
+    assert ensure_demo_dataset(repo_path, config=config) == "pulled"  # pushed by the pin
+    assert directory_md5(repo_path / "data") == md5
+
+
+def test_ensure_demo_dataset_explains_a_rebuild_that_differs_from_data_dvc(tmp_path):
+    storage = tmp_path / "storage"
+    repo_path = _dvc_repo(tmp_path / "repo", {"local": {"url": str(storage)}}, "local")
+    pinned = pin_demo_dataset(repo_path, config=DemoConfig.tiny(languages=("en",), librivox_dir=None, rooms=1))
+    shutil.rmtree(storage)
+    _forget_local_copies(repo_path)  # a fresh clone whose remote lacks the corpus
+    other_seed = DemoConfig.tiny(languages=("en",), librivox_dir=None, rooms=1, seed=5)  # stands in for other bytes
+
+    with pytest.raises(DeterminismError) as same_tools:
+        ensure_demo_dataset(repo_path, config=other_seed)
+    message = str(same_tools.value)
+    assert f"DVC hash {directory_md5(repo_path / 'data')}, now in data/" in message and f"pins ({pinned})" in message
+    assert "lost determinism" in message and "miipher2 data pin-demo" in message
+    assert not storage.exists() or not any(storage.rglob("*.dir"))  # nothing wrong was pushed
+
+    text = (repo_path / "data.dvc").read_text().replace(f"espeak-ng: '{synth.espeak_version()}'", "espeak-ng: '1.49'")
+    (repo_path / "data.dvc").write_text(text)
+    with pytest.raises(DeterminismError, match=rf"espeak-ng {synth.espeak_version()} here, 1.49 pinned") as other_tools:
+        ensure_demo_dataset(repo_path, config=other_seed)
+    assert "make setup" in str(other_tools.value) and "lost determinism" not in str(other_tools.value)
 
 
 def test_file_hashes_are_md5_per_relative_path(tmp_path):
@@ -211,3 +242,18 @@ def test_cli_prints_a_revision_hash_and_fetches_it(s3_repo, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["files"] == v1
     assert cli_main(["data", "hashes", "--repo", str(repo_path), "--rev", "nope"]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+def test_a_dataset_version_as_mlflow_sees_it_names_and_refetches_its_bytes(s3_repo, tmp_path):
+    from miipher2.data.mlflow_dataset import DvcDatasetSource, dvc_dataset
+
+    repo_path, _, v1, _ = s3_repo
+    info = fetch_dataset(repo_path, "v1", tmp_path / "v1")
+    dataset = dvc_dataset(info.path, "train", repo=str(repo_path), revision="v1", commit=info.commit, md5=info.md5)
+    entity = dataset._to_mlflow_entity()
+    assert entity.name == f"train@{info.commit[:12]}" and entity.digest == info.md5 and entity.source_type == "dvc"
+    assert len(entity.digest) <= 36  # MLflow's digest column
+    source = DvcDatasetSource.from_json(entity.source)
+    assert (source.revision, source.commit, source.path) == ("v1", info.commit, "data")
+    shutil.rmtree(repo_path / ".dvc" / "cache")
+    assert file_hashes(source.load(str(tmp_path / "again"))) == v1

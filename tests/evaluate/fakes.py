@@ -26,3 +26,15 @@ class FailsOn:
         if wave.size == self.bad_length:
             raise RuntimeError("out of memory (simulated)")
         return wave, rate
+
+
+class WhereAmI:
+    """Fails on purpose with the id of the process it ran in, so a test can see where that was."""
+
+    name = "where_am_i"
+    runs_in_workers = True
+
+    def enhance(self, wave, rate):
+        import os
+
+        raise RuntimeError(f"ran in process {os.getpid()}")

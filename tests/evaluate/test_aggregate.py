@@ -74,3 +74,26 @@ def test_paired_bootstrap_orients_gains_and_drops_unpaired_values():
     assert mean == pytest.approx(-0.1)
     with pytest.raises(ValueError, match="equal-length"):
         paired_bootstrap([1.0], [1.0, 2.0], higher_is_better=True)
+
+
+def test_corpus_wer_is_total_errors_over_total_words_beside_the_mean_of_rates():
+    # Hand-computed: 2 errors in 4 words (WER 0.5), 0 in 2 (0.0), 1 in 10 (0.1); one utterance in a
+    # language the ASR model cannot transcribe (NaN counts) is left out of both.
+    rows = [{"utt_id": u, "system": "model", "wer": w, "word_errors": e, "reference_words": n}
+            for u, w, e, n in (("a", 0.5, 2, 4), ("b", 0.0, 0, 2), ("c", 0.1, 1, 10),
+                               ("d", math.nan, math.nan, math.nan))]
+    result = aggregate(pd.DataFrame(rows), ["wer", "wer_corpus"]).set_index("metric")
+    assert result.loc["wer", "mean"] == pytest.approx(0.2)  # (0.5 + 0 + 0.1) / 3
+    assert result.loc["wer_corpus", "mean"] == pytest.approx(3 / 16)
+    assert result.loc["wer_corpus", "n"] == 3
+    assert result.loc["wer_corpus", "ci_low"] <= 3 / 16 <= result.loc["wer_corpus", "ci_high"]
+
+
+def test_ratio_bootstrap_resamples_utterances_whole():
+    from miipher2.evaluate.aggregate import ratio_bootstrap_ci
+
+    assert ratio_bootstrap_ci([3], [10]) == (0.3, 0.3, 0.3)
+    assert all(math.isnan(v) for v in ratio_bootstrap_ci([], []))
+    # Every utterance has the same rate: any resample gives it, so the interval is that point.
+    mean, low, high = ratio_bootstrap_ci([1, 2, 3], [10, 20, 30])
+    assert mean == low == high == pytest.approx(0.1)

@@ -15,7 +15,9 @@ def test_evaluate_command_writes_tables_and_report(eval_root, tiny_model_dir, tm
     printed = capsys.readouterr().out
     assert "| **miipher2** |" in printed and f"report: {out / 'report.html'}" in printed
     headline = json.loads((out / "headline.json").read_text())
-    assert headline["system"] == "miipher2" and set(headline["metrics"]) == {"pesq", "estoi", "si_sdr", "lsd", "mcd"}
+    assert headline["system"] == "miipher2"
+    assert set(headline["metrics"]) == {"pesq", "estoi", "si_sdr", "lsd", "lsd_8_12k", "mcd"}
+    assert headline["metrics"]["lsd_8_12k"] is None  # 16 kHz references: no 8-12 kHz band to measure
     assert (out / "utterances.csv").read_text().count("\n") == 1 + 2 * 3
 
 

@@ -61,10 +61,16 @@ def test_wer_of_real_speech_and_languages_the_model_cannot_transcribe(speech):
     assert not whisper.multilingual  # the bundled tiny.en
     result = whisper.score(speech, "he was not an ill disposed young man", "en")
     assert result.wer <= 0.3 and result.cer <= 0.15 and result.hypothesis.startswith("he was not")
+    assert result.reference_words == 8 and result.wer == result.word_errors / 8
     german = whisper.score(speech, "er war kein übel gesinnter junger mann", "de")
     assert math.isnan(german.wer) and math.isnan(german.cer) and "does not cover language 'de'" in german.note
     assert math.isnan(whisper.score(speech, "", "en").wer)
-    assert asr.word_error_rate("a b c", "a x c") == pytest.approx(1 / 3)
+    # Hand-counted: one substitution in three words; "a b c d" -> "a x c": 1 substitution + 1 deletion.
+    assert asr.word_error_counts("a b c", "a x c") == (1, 3)
+    assert asr.word_error_counts("a b c d", "a x c") == (2, 4)
+    assert asr.word_error_counts("a b", "") == (2, 2)  # nothing heard: every word deleted
+    assert asr.word_error_counts("a b", "a b c") == (1, 2)  # an insertion counts against 2 reference words
+    assert asr.character_error_counts("ab c", "ab") == (2, 4)  # " " and "c" deleted; spaces are characters
 
 
 def test_asr_model_resolution(tmp_path):

@@ -33,7 +33,9 @@ def test_report_is_self_contained_and_complete(report):
     assert page.startswith("<!DOCTYPE html>")
     for heading in ("Overall", "By language", "By degradation type", "Examples"):
         assert f"<h2>{heading}</h2>" in page
-    assert page.count("data:image/png;base64,") == 3  # one spectrogram figure per example
+    assert page.count("data:image/png;base64,") == 4  # the headline chart, one spectrogram figure per example
+    assert page.index('<img class="chart"') < page.index("<h2>Overall</h2>"), "the report opens with the chart"
+    assert (html_path.parent / "headline.png").read_bytes().startswith(b"\x89PNG")
     assert page.count("data:audio/wav;base64,") == 9  # clean / degraded / restored for each
     assert not re.search(r'(src|href)="(?!data:)', page), "everything must be inline"
     assert "PESQ (WB) ↑" in page and "LSD (dB) ↓" in page and 'class="main"' in page
@@ -79,3 +81,30 @@ def test_report_renders_in_headless_chromium_without_console_messages(report, tm
     assert (pixels < 60).mean() > 0.02
     dom = _chromium(html_path.as_uri(), tmp_path, "--dump-dom")
     assert "<h2>Examples</h2>" in dom.stdout and not _console_messages(dom.stderr)
+
+
+def test_headline_chart_shows_each_systems_mean_and_interval():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from miipher2.evaluate.report import headline_chart_png, headline_figure
+
+    rows = [("miipher2", "dnsmos_ovrl", 3.1, 2.9, 3.3), ("degraded", "dnsmos_ovrl", 2.2, 2.0, 2.5),
+            ("miipher2", "wer", 0.2, 0.1, 0.35), ("degraded", "wer", float("nan"), float("nan"), float("nan")),
+            ("miipher2", "lsd", 9.0, 8.0, 10.0)]
+    aggregates = pd.DataFrame([{"system": s, "group_by": "all", "group": "all", "metric": m, "n": 10, "mean": mean,
+                                "ci_low": lo, "ci_high": hi} for s, m, mean, lo, hi in rows])
+    fig = headline_figure(aggregates, ["miipher2", "degraded"], "miipher2")
+    ovrl, wer = fig.axes  # headline metrics only (no LSD), in headline order
+    assert ovrl.get_title() == "DNSMOS OVRL ↑" and wer.get_title() == "WER ↓"
+    assert [t.get_text() for t in ovrl.get_yticklabels()] == ["degraded", "miipher2"]  # first system on top
+
+    def drawn(ax):  # (y, mean, interval low, interval high) of each point and its error bar
+        points = [(line.get_ydata()[0], line.get_xdata()[0]) for line in ax.lines if line.get_marker() == "o"]
+        bars = [segment for collection in ax.collections for segment in collection.get_segments()]
+        return np.array(sorted((y, x, bar[0][0], bar[1][0]) for (y, x), bar in zip(points, bars)))
+
+    np.testing.assert_allclose(drawn(ovrl), [(0, 2.2, 2.0, 2.5), (1, 3.1, 2.9, 3.3)])
+    np.testing.assert_allclose(drawn(wer), [(1, 0.2, 0.1, 0.35)])  # NaN (not measured) is left out
+    plt.close(fig)
+    assert headline_chart_png(aggregates[aggregates["metric"] == "lsd"], ["miipher2"]) is None

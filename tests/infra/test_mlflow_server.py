@@ -67,12 +67,12 @@ def test_database_password_stays_out_of_the_command_line(platform, monkeypatch):
 
 
 def test_backend_store_uri_loads_the_postgres_driver(platform, monkeypatch):
-    # The server image is built from requirements.lock: it must carry a PostgreSQL driver
-    # (the upstream mlflow image does not), and SQLAlchemy must pick it for this URI.
+    # The server image (infra/mlflow) must carry a PostgreSQL driver (the upstream mlflow image
+    # does not), and SQLAlchemy must pick it for this URI.
     import sqlalchemy
     from mlflow.utils.uri import extract_db_type_from_uri
 
-    lock = (manifests.REPO / "requirements.lock").read_text().lower().splitlines()
+    lock = (manifests.REPO / "infra" / "mlflow" / "requirements.txt").read_text().lower().splitlines()
     assert any(line.startswith("psycopg2-binary==") for line in lock)
     ctx, _ = server_context(with_password(platform("prod")), monkeypatch)
     assert extract_db_type_from_uri(ctx.params["backend_store_uri"]) == "postgresql"

@@ -97,19 +97,67 @@ def test_train_mode_keeps_the_frozen_encoder_in_eval_mode(tiny_backbone, preset)
     assert not any(module.training for module in cleaner.encoder.modules())
 
 
-def test_padded_batch_items_match_their_solo_features(tiny_backbone, speechlike):
-    """Masks flow through fbank normalisation, attention and convolution (w2v-BERT)."""
-    cleaner = _cleaner(tiny_backbone("w2v-bert-2.0"), "w2v-bert-2.0")
-    long, short = speechlike(1.0), speechlike(0.6)[::-1].copy()
-    batch = torch.zeros(2, len(long))
-    batch[0], batch[1, : len(short)] = torch.from_numpy(long), torch.from_numpy(short)
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+def test_padded_batch_items_match_their_solo_features(tiny_backbone, preset, speechlike):
+    """A file's features must not depend on what it is batched with (restore_batch, stage-1 targets).
+
+    Masks flow through the frontends' normalisation, the HuBERT-base first-layer GroupNorm,
+    Gemma's look-ahead subsampling, attention and convolution.
+    """
+    cleaner = _cleaner(tiny_backbone(preset), preset)
+    waves = [speechlike(1.0), speechlike(0.6)[::-1].copy(), speechlike(0.83)]
+    lengths = torch.tensor([len(w) for w in waves])
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for row, wave in enumerate(waves):
+        batch[row, : len(wave)] = torch.from_numpy(wave)
     with torch.no_grad():
-        features, frames = cleaner(batch, torch.tensor([len(long), len(short)]))
-        solo, solo_frames = cleaner(torch.from_numpy(short)[None])
-    n = int(solo_frames[0])
-    assert int(frames[1]) == n
-    np.testing.assert_allclose(features[1, :n].numpy(), solo[0, :n].numpy(), atol=1e-4)
-    assert not features[1, n:].any()
+        features, frames = cleaner(batch, lengths)
+        for row, wave in enumerate(waves):
+            solo, solo_frames = cleaner(torch.from_numpy(wave)[None])
+            n = int(solo_frames[0])
+            assert int(frames[row]) == n, (preset, row)
+            scale = float(solo.abs().max())
+            torch.testing.assert_close(features[row, :n], solo[0, :n], atol=1e-5 * scale, rtol=1e-5)
+            assert not features[row, n:].any()
+
+
+def test_first_layer_group_norm_uses_only_valid_frames():
+    """The masked GroupNorm against a hand computation on the valid part alone."""
+    from miipher2.model.backbone import ValidFramesGroupNorm
+
+    torch.manual_seed(0)
+    plain = torch.nn.GroupNorm(4, 4)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 2.0), plain.bias.uniform_(-1.0, 1.0)
+    masked = ValidFramesGroupNorm.replacing(plain)
+    x = torch.randn(2, 4, 10)
+    x[1, :, 6:] = 0.0  # padding
+    with ValidFramesGroupNorm.frames(masked, torch.tensor([10, 6])):
+        y = masked(x)
+    valid = x[1, :, :6]
+    by_hand = (valid - valid.mean(1, keepdim=True)) / torch.sqrt(valid.var(1, unbiased=False, keepdim=True) + plain.eps)
+    torch.testing.assert_close(y[1, :, :6], by_hand * plain.weight[:, None] + plain.bias[:, None])
+    torch.testing.assert_close(y[0], plain(x[:1])[0])
+    torch.testing.assert_close(masked(x), plain(x))  # outside `frames`, a plain GroupNorm
+    assert set(masked.state_dict()) == set(plain.state_dict())  # checkpoint keys untouched
+
+
+def test_missing_or_foreign_preprocessing_settings_fail_clearly(tiny_backbone, tmp_path):
+    """No silent default feature extractor: its settings (e.g. do_normalize) may be wrong for the model."""
+    import shutil
+
+    from miipher2.model.backbone import FeatureExtractorError
+
+    source = tiny_backbone("mhubert-147")
+    bare = tmp_path / "bare"
+    shutil.copytree(source, bare)
+    (bare / "preprocessor_config.json").unlink()
+    with pytest.raises(FeatureExtractorError, match=r"bare: cannot load the encoder's preprocessing settings "
+                                                    r"\(preprocessor_config.json for a Wav2Vec2FeatureExtractor\)"):
+        FeatureCleaner.from_pretrained(str(bare), "mhubert-147", feature_layer=1)
+    transformers.SeamlessM4TFeatureExtractor().save_pretrained(bare)
+    with pytest.raises(FeatureExtractorError, match="describes a SeamlessM4TFeatureExtractor"):
+        FeatureCleaner.from_pretrained(str(bare), "mhubert-147", feature_layer=1)
 
 
 def test_bad_arguments_are_named(tiny_backbone):

@@ -29,7 +29,8 @@ def test_save_load_round_trip_gives_identical_output(tiny_backbone, tmp_path, sp
     restorer.save_pretrained(tmp_path / "model")
     restorer.save_pretrained(tmp_path / "model")  # overwriting an existing directory works too
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or backup dirs left
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["adapters.safetensors", "config.yaml", "vocoder.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["adapters.safetensors", "backbone", "config.yaml",
+                                                                      "vocoder.safetensors"]
     loaded = Restorer.from_pretrained(tmp_path / "model", device="cpu")
     assert loaded.vocoder.weight_norm_folded  # baked for inference
     after, loaded_rate = loaded.restore(wave, 16000)
@@ -69,6 +70,75 @@ def test_bad_inputs_and_directories_are_named(tiny_backbone, tmp_path):
     (tmp_path / "m" / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match="backbone.preset is missing"):
         Restorer.from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize("preset", ["mhubert-147", "usm"])
+def test_a_file_restores_the_same_whatever_it_is_batched_with(tiny_backbone, preset, speechlike):
+    """The cleaner masks padding and the vocoder never sees any: batched output == solo output."""
+    restorer = _restorer(tiny_backbone(preset), preset)
+    waves = [speechlike(1.0), speechlike(0.45), speechlike(0.7)[::-1].copy()]
+    batched = restorer.restore_batch(waves, [16000] * 3)
+    for wave, (out, rate) in zip(waves, batched):
+        solo, _ = restorer.restore(wave, 16000)
+        assert out.shape == solo.shape
+        np.testing.assert_allclose(out, solo, atol=1e-5 * float(np.abs(solo).max()))
+
+
+def test_a_copied_model_directory_restores_without_the_original_backbone(tiny_backbone, tmp_path, speechlike):
+    """A model trained on a local encoder directory carries that encoder: portable to another machine."""
+    import shutil
+
+    from miipher2.cli import main
+
+    backbone = tmp_path / "training-machine" / "backbone"
+    shutil.copytree(tiny_backbone("mhubert-147"), backbone)
+    restorer = _restorer(backbone, "mhubert-147")
+    wave = speechlike(0.8)
+    expected, _ = restorer.restore(wave, 16000)
+    restorer.save_pretrained(tmp_path / "training-machine" / "model")
+    shutil.copytree(tmp_path / "training-machine" / "model", tmp_path / "elsewhere" / "model")
+    shutil.rmtree(tmp_path / "training-machine")
+
+    config = yaml.safe_load((tmp_path / "elsewhere" / "model" / "config.yaml").read_text())
+    assert config["backbone"]["bundled"] == "backbone" and config["backbone"]["source"] == str(backbone)
+    loaded = Restorer.from_pretrained(tmp_path / "elsewhere" / "model", device="cpu")
+    np.testing.assert_allclose(loaded.restore(wave, 16000)[0], expected, atol=1e-6)
+    loaded.save_pretrained(tmp_path / "resaved")  # re-saving bundles the encoder again
+    assert (tmp_path / "resaved" / "backbone" / "model.safetensors").is_file()
+
+    import soundfile as sf
+
+    sf.write(tmp_path / "in.wav", wave, 16000)
+    assert main(["restore", str(tmp_path / "in.wav"), "-o", str(tmp_path / "out"), "--model",
+                 str(tmp_path / "elsewhere" / "model")]) == 0
+    np.testing.assert_allclose(sf.read(tmp_path / "out" / "in.wav")[0], expected, atol=1e-4)  # 16-bit file
+
+
+def test_adapters_refuse_other_encoder_weights_unless_asked(tiny_backbone, tmp_path, speechlike):
+    from miipher2.model.random_backbone import save_random_backbone
+    from miipher2.model.restorer import BackboneMismatchError
+
+    _restorer(tiny_backbone("mhubert-147"), "mhubert-147").save_pretrained(tmp_path / "model")
+    recorded = yaml.safe_load((tmp_path / "model" / "config.yaml").read_text())["backbone"]["fingerprint"]
+    assert len(recorded) == 64
+    other = save_random_backbone(tmp_path / "other", "mhubert-147", size="tiny", seed=1)  # same architecture
+    with pytest.raises(BackboneMismatchError, match=rf"model: its adapters were trained on encoder weights with "
+                                                    rf"fingerprint {recorded[:16]}…, but {other} holds"):
+        Restorer.from_pretrained(tmp_path / "model", backbone_source=str(other))
+    with pytest.warns(UserWarning, match="loading anyway as asked"):
+        loaded = Restorer.from_pretrained(tmp_path / "model", backbone_source=str(other), allow_other_backbone=True)
+    assert np.isfinite(loaded.restore(speechlike(0.3), 16000)[0]).all()
+
+    # Bundled weights that were changed after export are caught the same way.
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "model" / "backbone" / "model.safetensors"
+    tensors = load_file(weights)
+    name = next(k for k in sorted(tensors) if k.startswith("encoder.layers.0."))
+    tensors[name] = tensors[name] + 1e-3
+    save_file(tensors, weights)
+    with pytest.raises(BackboneMismatchError):
+        Restorer.from_pretrained(tmp_path / "model")
 
 
 def _local_rms(a, b, centres, half):

@@ -159,7 +159,8 @@ def test_credentials_only_from_secrets(compiled):
     for value in CANARIES.values():
         assert value not in text
     for task in GPU_TASKS | CPU_TASKS:
-        assert "env" not in _executor(spec, task)["container"], "no literal environment variables"
+        literal = {e["name"] for e in _executor(spec, task)["container"].get("env", [])}
+        assert literal == {"MIIPHER2_IMAGE"}, "no literal environment variables but the image's name"
 
 
 def test_retries_on_gpu_steps_only(compiled):
@@ -213,11 +214,20 @@ def test_no_step_can_be_served_from_cache(compiled):
             assert not task.get("cachingOptions", {}).get("enableCache"), name
 
 
-def test_steps_run_in_our_image_without_installing_kfp(compiled):
+def test_steps_run_in_our_image_without_installing_kfp_and_know_its_name(compiled):
     _, spec, _ = compiled
     for executor in spec["deploymentSpec"]["executors"].values():
         assert executor["container"]["image"] == IMAGE
         assert "pip install" not in " ".join(executor["container"]["command"])
+        # Lineage records the image (a pod cannot see its own image reference).
+        assert {"name": "MIIPHER2_IMAGE", "value": IMAGE} in executor["container"]["env"]
+
+
+def test_steps_may_learn_the_kfp_ui_address_for_run_links(compiled):
+    _, _, executors = compiled
+    for name, executor in executors.items():
+        optional = [m for m in executor["configMapAsEnv"] if m["optional"]]
+        assert [k for m in optional for k in m["keyToEnv"]] == [{"configMapKey": "KFP_UI_URL", "envVar": "KFP_UI_URL"}]
 
 
 def test_golden_copy_matches(compiled):

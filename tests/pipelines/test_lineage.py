@@ -1,4 +1,4 @@
-"""Lineage helpers: tags, git commit, and the parent/child MLflow runs of one pipeline run."""
+"""Lineage helpers: tags, git commit, image, KFP link, and the parent/child MLflow runs of one pipeline run."""
 
 import dataclasses
 import subprocess
@@ -7,7 +7,9 @@ import pytest
 
 from miipher2.data.paths import path_component
 from miipher2.data.versioning import shown_repo
-from miipher2.lineage import GIT_COMMIT_ENV, Lineage, close_pipeline_run, git_commit, start_pipeline_run, step_run
+from miipher2.lineage import (GIT_COMMIT_ENV, IMAGE_ENV, KFP_UI_ENV, Lineage, close_pipeline_run, git_commit,
+                              image_reference, kfp_run_url, start_pipeline_run, step_run)
+from miipher2.tracking.runs import without_credentials
 
 
 @pytest.fixture(autouse=True)
@@ -24,11 +26,47 @@ LINEAGE = Lineage(git_commit="abc", dataset_revision="v2", dataset_md5="f00.dir"
 
 def test_tags_name_code_data_run_and_backbone():
     assert LINEAGE.tags() == {"git_commit": "abc", "mlflow.source.git.commit": "abc", "dataset_revision": "v2",
-                              "dataset_md5": "f00.dir", "kfp_run_id": "run-1", "backbone": "mhubert-147"}
+                              "dataset_md5": "f00.dir", "kfp_run_id": "run-1", "backbone": "mhubert-147",
+                              "mlflow.source.name": "miipher2 training pipeline", "mlflow.source.type": "JOB"}
 
 
 def test_metadata_round_trip():
     assert Lineage.from_metadata(LINEAGE.to_metadata()) == LINEAGE
+    full = dataclasses.replace(LINEAGE, dataset_commit="c0ffee", image="reg/miipher2@sha256:ab", kfp_run_url="u")
+    assert Lineage.from_metadata(full.to_metadata()) == full
+
+
+def test_metadata_of_older_artifacts_still_loads_but_required_facts_are_named():
+    old = {k: v for k, v in LINEAGE.to_metadata().items() if k not in ("lineage.image", "lineage.dataset_commit")}
+    assert Lineage.from_metadata(old).image == ""
+    del old["lineage.dataset_md5"]
+    with pytest.raises(ValueError, match="dataset_md5"):
+        Lineage.from_metadata(old)
+
+
+def test_resolved_commit_image_and_kfp_link_are_tags_when_known():
+    full = dataclasses.replace(LINEAGE, dataset_commit="c0ffee", image="reg/miipher2@sha256:ab",
+                               kfp_run_url="https://kfp/#/runs/details/run-1")
+    tags = full.tags()
+    assert tags["dataset_commit"] == "c0ffee" and tags["image"] == "reg/miipher2@sha256:ab"
+    assert tags["kfp_run_url"] == "https://kfp/#/runs/details/run-1"
+    assert "mlflow.source.git.commit" not in full.version_tags() and full.version_tags()["image"] == tags["image"]
+    assert "image" not in LINEAGE.tags(), "unknown facts are left out, not recorded as empty"
+
+
+def test_the_image_is_recorded_only_inside_it(monkeypatch):
+    monkeypatch.setenv(IMAGE_ENV, "reg/miipher2@sha256:ab")
+    monkeypatch.delenv(GIT_COMMIT_ENV, raising=False)
+    assert image_reference() == "", "a local run names the pipeline's image but does not run in it"
+    monkeypatch.setenv(GIT_COMMIT_ENV, "baked")
+    assert image_reference() == "reg/miipher2@sha256:ab"
+
+
+def test_kfp_run_link_needs_the_ui_address(monkeypatch):
+    monkeypatch.delenv(KFP_UI_ENV, raising=False)
+    assert kfp_run_url("run-1") == ""
+    monkeypatch.setenv(KFP_UI_ENV, "https://kubeflow.example.com/pipeline/")
+    assert kfp_run_url("run-1") == "https://kubeflow.example.com/pipeline/#/runs/details/run-1"
 
 
 def test_git_commit_prefers_the_image_value(monkeypatch):
@@ -110,3 +148,19 @@ def test_safe_directory_names(text, expected):
 def test_repository_urls_are_recorded_without_credentials():
     assert shown_repo("https://user:tok@github.com/org/repo.git") == "https://github.com/org/repo.git"
     assert shown_repo("/local/path") == "/local/path"
+    assert without_credentials("https://user:tok@github.com/org/repo.git") == "https://github.com/org/repo.git"
+    assert without_credentials("/local/path") == "/local/path"
+
+
+def test_validation_fails_fast_when_the_configured_tracking_server_is_down(tmp_path, monkeypatch):
+    from miipher2.steps import validate_data
+    from miipher2.tracking import TrackingUnavailable
+    from tests.servers import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    # The repository does not exist either: the tracking check comes first, before any data is read.
+    with pytest.raises(TrackingUnavailable, match="is not usable"):
+        validate_data(repo=str(tmp_path / "no-repo"), revision="main", remote="", workspace=str(tmp_path / "ws"),
+                      report_dir=str(tmp_path / "report"), training_preset="demo-cpu", overrides=[], backbone="",
+                      experiment="e", kfp_run_id="run-1")
+    assert not (tmp_path / "ws").exists()

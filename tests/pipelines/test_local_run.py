@@ -13,13 +13,12 @@ import contextlib
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipelines.cluster import ClusterConfig
-from tests.servers import free_port, moto_s3_endpoint, wait_healthy
+from tests.servers import moto_s3_endpoint, new_dataset_repo, running_mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -58,21 +57,10 @@ def environment(s3):
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory, environment):
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = root / "server.log"
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--artifacts-destination", f"s3://{BUCKET}/mlflow"],
-            stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import mlflow
-        from mlflow.tracking._tracking_service import utils as tracking_utils
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-        wait_healthy(url, process, log)
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow"), f"s3://{BUCKET}/mlflow") as url:
         patch = pytest.MonkeyPatch()
         patch.setenv("MLFLOW_TRACKING_URI", url)  # for the pipeline's step processes
         # For this process too, whatever URI earlier tests left in mlflow's global; restored after.
@@ -80,12 +68,6 @@ def mlflow_server(tmp_path_factory, environment):
         mlflow.set_tracking_uri(url)
         yield url
         patch.undo()
-    finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=20)
-        if process.poll() is None:
-            process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -95,20 +77,11 @@ def dataset_repo(tmp_path_factory, s3, environment):
 
     endpoint, _ = s3
     repo = tmp_path_factory.mktemp("dataset-repo")
-    dvc = str(Path(sys.executable).with_name("dvc"))
-
-    def run(*args):
-        subprocess.run(args, cwd=repo, check=True, capture_output=True)
-
-    run("git", "init", "-q", "-b", "main")
-    run("git", "config", "user.email", "e2e@example.com")
-    run("git", "config", "user.name", "e2e")
-    run(dvc, "init", "-q")
-    run(dvc, "remote", "add", "-d", "s3", f"s3://{BUCKET}/dvc")
-    run(dvc, "remote", "modify", "s3", "endpointurl", endpoint)  # an address, not a credential
+    run = new_dataset_repo(repo, "s3", f"s3://{BUCKET}/dvc")
+    run("dvc", "remote", "modify", "s3", "endpointurl", endpoint)  # an address, not a credential
     build_demo(repo / "data", DemoConfig.tiny(librivox_dir=None))
-    run(dvc, "add", "-q", "data")
-    run(dvc, "push", "-q")
+    run("dvc", "add", "-q", "data")
+    run("dvc", "push", "-q")
     run("git", "add", "-A")
     run("git", "commit", "-qm", "good dataset")
     good = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
@@ -117,8 +90,8 @@ def dataset_repo(tmp_path_factory, s3, environment):
     victim = sorted((repo / "data" / "clean").rglob("*.wav"))[0]
     victim.unlink()
     victim.write_text("not audio at all\n")
-    run(dvc, "add", "-q", "data")
-    run(dvc, "push", "-q")
+    run("dvc", "add", "-q", "data")
+    run("dvc", "push", "-q")
     run("git", "commit", "-qam", "corrupt dataset")
     # Only the S3 remote holds the data now: the pipeline must fetch it through DVC.
     shutil.rmtree(repo / ".dvc" / "cache")
@@ -128,7 +101,8 @@ def dataset_repo(tmp_path_factory, s3, environment):
 
 def _params(repo: Path, revision: str, **extra):
     return {"dvc_repo": str(repo), "dataset_revision": revision, "dvc_remote": "s3", "training_preset": "demo-cpu",
-            "overrides": TINY, "experiment": "e2e", "model_name": MODEL, "eval_max_utterances": 1, **extra}
+            # Two utterances: the evaluate step scores them in its worker pool, as `make demo` does.
+            "overrides": TINY, "experiment": "e2e", "model_name": MODEL, "eval_max_utterances": 2, **extra}
 
 
 def _data_dvc_md5(repo: Path, revision: str) -> str:
@@ -145,7 +119,9 @@ def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset
     from pipelines.run import run_local
 
     repo, good = dataset_repo
-    result = run_local(_params(repo, good), tmp_path / "kfp", tmp_path / "workspace", ClusterConfig(gpus_per_step=2))
+    subprocess.run(["git", "tag", "-f", "good-data", good], cwd=repo, check=True, capture_output=True)
+    result = run_local(_params(repo, "good-data"), tmp_path / "kfp", tmp_path / "workspace",
+                       ClusterConfig(gpus_per_step=2))
     assert result.ok, f"pipeline failed; see {result.run_dir}"
     assert result.valid is True
     assert set(result.step_seconds) == {"validate-data", "train-pa", "pretrain-vocoder", "finetune-vocoder",
@@ -163,8 +139,9 @@ def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset
     parents = [r for r in runs if r.data.tags.get("pipeline_step") == "pipeline"]
     assert len(parents) == 1
     parent = parents[0]
-    lineage = {k: parent.data.tags[k] for k in ("git_commit", "dataset_revision", "dataset_md5", "kfp_run_id", "backbone")}
-    assert lineage["dataset_revision"] == good
+    lineage = {k: parent.data.tags[k] for k in ("git_commit", "dataset_revision", "dataset_commit", "dataset_md5",
+                                                 "kfp_run_id", "backbone")}
+    assert lineage["dataset_revision"] == "good-data" and lineage["dataset_commit"] == good  # a tag moves; a commit not
     assert lineage["dataset_md5"] == _data_dvc_md5(repo, good)
     assert lineage["backbone"] == "w2v-bert-2.0" and lineage["kfp_run_id"] and lineage["git_commit"] != "unknown"
 
@@ -181,6 +158,19 @@ def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset
     assert "stage2/loss" in children["pretrain_vocoder"].data.metrics
     assert "miipher2.pesq" in children["evaluate"].data.metrics
     assert "pesq" in parent.data.metrics  # headline metrics on the parent: runs compare side by side
+    # The data is each run's MLflow dataset input (the UI's Dataset column), with its DVC source.
+    for run, context in ((parent, "training"), (children["train_pa"], "training"), (children["evaluate"], "evaluation")):
+        (entry,) = run.inputs.dataset_inputs
+        assert entry.dataset.digest == lineage["dataset_md5"] and entry.dataset.source_type == "dvc"
+        assert json.loads(entry.dataset.source)["commit"] == good
+        assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == context
+    # A reviewer compares parent runs: the settings as params (each override its own), the report there too.
+    assert parent.data.params["stage1.steps"] == "2" and parent.data.params["stage1.checkpoint_every"] == "1"
+    assert "overrides" not in parent.data.params and len(parent.data.params) < 40
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "config.yaml", "report.md", "headline.png", "report.html"}
+    experiment = client.get_experiment_by_name("e2e")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
 
     # Artifacts went through the server's proxy into S3 and come back.
     downloads = tmp_path / "downloads"
@@ -201,6 +191,7 @@ def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset
     assert version.tags["kfp_run_id"] == lineage["kfp_run_id"]
     assert version.tags["dataset_md5"] == lineage["dataset_md5"]
     assert version.tags["git_commit"] == lineage["git_commit"]
+    assert version.tags["dataset_commit"] == good
 
     # The same dataset, config and code again: every training stage is reused, not retrained.
     again = run_local(_params(repo, good), tmp_path / "kfp", tmp_path / "workspace", ClusterConfig(gpus_per_step=2))

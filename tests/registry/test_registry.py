@@ -81,11 +81,11 @@ def test_the_gate_promotes_better_refuses_worse_and_records_why(mlflow_store, mo
     assert main(["promote", "--model", "gated", "--data", str(eval_root), "--rule", "lsd:0",
                  "--out", str(tmp_path / "again"), "--workers", "1"]) == 0
 
-    # ... and a worse one is refused with exit code 1, the champion stays, the reason is recorded.
+    # ... and a worse one is refused with exit code 3, the champion stays, the reason is recorded.
     register_restorer(models["silent"], "gated")
     code = main(["promote", "--model", "gated", "--data", str(eval_root), "--rule", "lsd:0",
                  "--out", str(tmp_path / "worse"), "--workers", "1"])
-    assert code == 1
+    assert code == 3
     assert str(client.get_model_version_by_alias("gated", CHAMPION).version) == "2"
     tags = client.get_model_version("gated", "3").tags
     assert tags["promotion.decision"] == "rejected" and tags["promotion.reason"].startswith("lsd may have dropped")

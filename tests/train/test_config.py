@@ -65,3 +65,12 @@ def test_wrong_section_type_is_reported(tmp_path):
     path.write_text("stage1: 5\n")
     with pytest.raises(ConfigError, match="stage1: expected a mapping"):
         load_config(path)
+
+
+def test_tracked_params_are_few_and_include_what_was_overridden():
+    config = load_config("demo-cpu", ["stage1.lr=0.01", "stage2.log_every=3"])
+    params = config.tracked_params("stage1", also=["stage1.lr", "stage2.log_every", "no.such.key"])
+    assert params["stage1.lr"] == 0.01 and params["stage2.log_every"] == 3 and "no.such.key" not in params
+    assert params["preset"] == "demo-cpu" and params["encoder.preset"] == config.encoder.preset
+    assert not any(key.startswith("stage3.") for key in params)  # another stage's settings are noise here
+    assert len(params) < len(config.tracked_params()) < 40

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from miipher2.data.manifest import COLUMNS, manifest_path, write_manifest
+from miipher2.audio import write_audio
 from miipher2.train.data import (DataError, LengthBucketBatchSampler, TrainingDataset, collate, load_items,
-                                 window_start)
+                                 sample_rng, window_start)
+from tests.train.conftest import voiced
 
 
 def test_long_utterances_are_cut_into_equal_items(corpus):
@@ -96,3 +98,63 @@ def test_window_start_stays_inside_the_item():
     assert window_start(100, 0.0, 10) == 0
     assert window_start(100, 0.999, 10) == 90
     assert window_start(5, 0.7, 10) == 0  # shorter than a window: padded from the start
+
+
+def _corpus_at_rates(root, rates):
+    rows = []
+    for i, rate in enumerate(rates):
+        relative = f"clean/en/spk0/r{i}.wav"
+        write_audio(root / relative, voiced(1.0, 120, np.random.default_rng(i)), 16000)
+        rows.append({"utt_id": f"r{i}", "path": relative, "duration_s": 1.0, "sample_rate": rate, "channels": 1,
+                     "language": "en", "speaker": "spk0", "split": "train", "transcript": ""})
+    write_manifest(pd.DataFrame(rows, columns=list(COLUMNS)), manifest_path(root, "train"))
+    return root
+
+
+def test_sources_below_the_target_rate_are_left_out_with_a_warning(tmp_path, caplog):
+    """16 kHz recordings cannot teach a 24 kHz vocoder its top band."""
+    root = _corpus_at_rates(tmp_path, [16000, 24000, 48000, 8000])
+    assert [i.utt_id for i in load_items(root, "train", 10, 0)] == ["r0", "r1", "r2", "r3"]
+    assert [i.utt_id for i in load_items(root, "train", 10, 0, min_rate=16000)] == ["r0", "r1", "r2"]
+    assert [i.utt_id for i in load_items(root, "train", 10, 0, min_rate=24000)] == ["r1", "r2"]
+    assert "left out 2 of 4 utterances recorded below 24000 Hz" in caplog.text
+    with pytest.raises(DataError, match=r"no usable items \(4 utterances recorded below the 96000 Hz"):
+        load_items(root, "train", 10, 0, min_rate=96000)
+
+
+def test_vocoder_stages_refuse_a_corpus_below_their_rate(corpus, tiny_config, tmp_path):
+    """The demo corpus is 16 kHz: a 24 kHz vocoder stage says so instead of learning an empty top band."""
+    from miipher2.train.stages import train_stage2
+
+    with pytest.raises(DataError, match="8 utterances recorded below the 24000 Hz the targets need"):
+        train_stage2(tiny_config("vocoder.sample_rate=24000", "stage2.steps=1"), corpus, tmp_path / "stage2")
+
+
+def test_windows_read_only_the_window_and_its_context(corpus, monkeypatch):
+    """Stages 2-3 decode the window plus context (and the target window), not the whole file."""
+    import miipher2.train.data as data
+
+    spans = []
+    real = data.read_audio_span
+
+    def spy(path, start, stop, *, sample_rate=None):
+        spans.append((sample_rate, stop - start))
+        return real(path, start, stop, sample_rate=sample_rate)
+
+    monkeypatch.setattr(data, "read_audio_span", spy)
+    items = load_items(corpus, "train", 10, 0)
+    hop, window, context = 320, 8, 640
+    dataset = TrainingDataset(corpus, items, seed=1, clean=True, target_rate=24000, window_frames=window, frame_hop=hop,
+                              context=context)
+    for index in range(len(items)):
+        spans.clear()
+        sample = dataset[(index, 0)]
+        assert spans == [(16000, sample["clean"].shape[0]), (24000, window * hop * 3 // 2)]
+        assert sample["clean"].shape[0] <= window * hop + 2 * context
+        # The window sits at `window_offset` in the decoded audio, and matches the target window.
+        whole = dataset.read(items[index], 16000)
+        start = window_start((items[index].end - items[index].start) // hop, sample_rng(1, 0, index).random(), window)
+        begin = start * hop - sample["window_offset"] * hop
+        np.testing.assert_array_equal(sample["clean"].numpy(), whole[begin: begin + sample["clean"].shape[0]])
+        target = dataset.read(items[index], 24000)[start * hop * 3 // 2: (start + window) * hop * 3 // 2]
+        np.testing.assert_array_equal(sample["target_wave"].numpy()[: target.size], target)

@@ -9,7 +9,7 @@ import torch
 from miipher2.train.data import TrainingDataset, collate, load_items
 from miipher2.train.distributed import DistContext
 from miipher2.train.stages import (build_encoder, build_vocoder, optimizer_for, scheduler_for, stage1_step,
-                                   vocoder_step)
+                                   vocoder_step, window_context)
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -62,9 +62,10 @@ def test_vocoder_step_leaves_the_cleaner_untouched(corpus, shared_cache, tiny_co
     opts = (optimizer_for(vocoder.parameters(), stage), optimizer_for(discriminator.parameters(), stage))
     step = vocoder_step(cleaner, vocoder, discriminator, vocoder, discriminator, objective,
                         opts, tuple(scheduler_for(o, stage) for o in opts), stage, CPU,
-                        torch.autocast("cpu", enabled=False), use_adapters=use_adapters, hop_out=vocoder.hop_length)
+                        torch.autocast("cpu", enabled=False), use_adapters=use_adapters)
     fields = dict(degrade=noisy) if use_adapters else dict(clean=True)
-    metrics = step(_batch(corpus, target_rate=config.vocoder.sample_rate, **fields))
+    metrics = step(_batch(corpus, target_rate=config.vocoder.sample_rate, window_frames=stage.segment_frames,
+                          frame_hop=cleaner.hop_length, context=window_context(cleaner), **fields))
 
     assert vocoder.kind == kind
     assert {"loss", "mel", "adversarial", "feature_matching", "reconstruction", "discriminator"} <= set(metrics)

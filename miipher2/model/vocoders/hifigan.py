@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
