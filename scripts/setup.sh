@@ -38,7 +38,9 @@ pip_install() {
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip_install --upgrade pip 'setuptools>=68,<81' wheel
 # torch is pinned to the CPU wheel on this machine's disk; a newer pin would pull a multi-GB CUDA build.
-pip_install -r requirements.lock -r requirements-dev.lock
+# --no-deps: the locks are the complete, tested set (as the image installs it), which leaves out
+# what scripts/lock.py excludes on purpose (EnCodec, a non-commercial licence, unused).
+pip_install --no-deps -r requirements.lock -r requirements-dev.lock
 pip_install --no-deps --no-build-isolation -e .
 
 # speechbrain 1.1.2 imports torchaudio; the only torchaudio installable beside torch 2.13 is a

@@ -34,8 +34,9 @@ RESTORER_ARTIFACT = "restorer"
 EXAMPLE_RATE = 16000
 # What serving imports besides miipher2's own (shipped) code (tests/registry/test_serving.py
 # checks that a prediction imports nothing else). torchaudio only because speechbrain imports it;
-# see `model_requirements` for why 2.11 goes with torch 2.13.
-_REQUIREMENTS = ("torch", "transformers", "speechbrain", "vocos", "encodec", "einops", "torchaudio", "safetensors",
+# see `model_requirements` for why 2.11 goes with torch 2.13. Not encodec: vocos imports it but
+# we never use it (miipher2/model/vocoders/_encodec.py); pip still installs it as vocos' dependency.
+_REQUIREMENTS = ("torch", "transformers", "speechbrain", "vocos", "einops", "torchaudio", "safetensors",
                  "numpy", "pandas", "scipy", "soundfile", "pyyaml")
 
 

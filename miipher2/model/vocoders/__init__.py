@@ -14,10 +14,14 @@ Training objectives (discriminators and losses) per kind: `miipher2.model.vocode
 
 from __future__ import annotations
 
-from miipher2.model.vocoders.base import BaseVocoder
-from miipher2.model.vocoders.hifigan import HifiganConfig, HifiganVocoder
-from miipher2.model.vocoders.vocos import VocosConfig, VocosVocoder
-from miipher2.model.vocoders.wavefit import WaveFitConfig, WaveFitVocoder
+from miipher2.model.vocoders._encodec import install_placeholder
+
+install_placeholder()  # before anything imports vocos: see _encodec.py
+
+from miipher2.model.vocoders.base import BaseVocoder  # noqa: E402
+from miipher2.model.vocoders.hifigan import HifiganConfig, HifiganVocoder  # noqa: E402
+from miipher2.model.vocoders.vocos import VocosConfig, VocosVocoder  # noqa: E402
+from miipher2.model.vocoders.wavefit import WaveFitConfig, WaveFitVocoder  # noqa: E402
 
 KINDS = {"hifigan": (HifiganConfig, HifiganVocoder), "vocos": (VocosConfig, VocosVocoder),
          "wavefit": (WaveFitConfig, WaveFitVocoder)}
