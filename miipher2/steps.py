@@ -231,8 +231,12 @@ def _publish_stage(stage: TrainedStage, out_dir: str, tracker) -> StepResult:
 
 
 def _stage_metrics(stage: TrainedStage, prefix: str) -> dict[str, float]:
-    """The stage's last logged metrics, and whether it was reused (1.0) or trained by this step (0.0)."""
-    return {**_numbers(stage.result.get("metrics", {}), prefix=prefix), "reused": float(stage.reused)}
+    """The stage's last logged metrics, its validation summary (first and best held-out scores), and
+    whether it was reused (1.0) or trained by this step (0.0)."""
+    from miipher2.train.validation import summary_metrics
+
+    metrics = {**stage.result.get("metrics", {}), **summary_metrics(stage.result.get("validation", {}))}
+    return {**_numbers(metrics, prefix=prefix), "reused": float(stage.reused)}
 
 
 def evaluate(*, model_dir: str, data_root: str, lineage: Lineage, split: str, out_dir: str,

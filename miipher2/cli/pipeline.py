@@ -179,6 +179,10 @@ def _print_summary(result, tracking_uri: str, experiment: str) -> None:
         print(f"validation report: {validation}")
     if result.valid is False:
         print("the dataset failed validation: nothing was trained or registered (see the report above)")
+    learning = learning_summary(result.outputs)
+    if learning:
+        print("what training learnt, scored on held-out val pairs (first -> best; curves in MLflow, val/*):")
+        print("\n".join(f"  {line}" for line in learning))
     report = result.artifact("evaluate", "report_html")
     if report:
         print(f"evaluation report: {report}")
@@ -206,6 +210,31 @@ def _experiment_link(tracking_uri: str, experiment: str) -> str:
     except Exception:  # noqa: BLE001 — a summary line, not worth failing a finished run
         return ""
     return ui_url(tracking_uri, found.experiment_id) if found else ""
+
+
+# task, metric prefix, what it trains, the validation scores shown (gap closed as a percentage)
+_TRAINING_TASKS = (("train-pa", "stage1", "adapters (stage 1)", ("loss", "gap_closed")),
+                   ("pretrain-vocoder", "stage2", "vocoder on clean features (stage 2)", ("mel", "mrstft")),
+                   ("finetune-vocoder", "stage3", "vocoder on cleaned features (stage 3)", ("mel", "mrstft")))
+
+
+def learning_summary(outputs: dict) -> list[str]:
+    """One line per training step from its KFP metrics: first and best validation scores."""
+    lines = []
+    for task, stage, label, names in _TRAINING_TASKS:
+        entries = outputs.get(task, {}).get("artifacts", {}).get("metrics", {}).get("artifacts", [])
+        metrics = entries[0].get("metadata", {}) if entries else {}
+        if f"{stage}.val_best_step" not in metrics:
+            continue
+        parts = []
+        for name in names:
+            first, best = metrics.get(f"{stage}.val_first/{name}"), metrics.get(f"{stage}.val_best/{name}")
+            if first is None or best is None:
+                continue
+            shown = (f"{100 * first:.1f}% -> {100 * best:.1f}%" if name == "gap_closed" else f"{first:.3f} -> {best:.3f}")
+            parts.append(f"{name.replace('_', ' ')} {shown}")
+        lines.append(f"{label}: {', '.join(parts)} (best at step {int(metrics[f'{stage}.val_best_step'])})")
+    return lines
 
 
 def _repo_root() -> Path:

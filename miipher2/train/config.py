@@ -25,6 +25,7 @@ ENCODER_SAMPLE_RATE = 16000
 # setting); the rest is in the logged config.yaml.
 _TRACKED_DATA_KEYS = ("split", "min_seconds", "max_seconds", "degradation")
 _TRACKED_STAGE_KEYS = ("steps", "batch_size", "lr", "schedule", "segment_frames")
+_TRACKED_VALIDATION_KEYS = ("split", "utterances", "max_seconds")  # val/* scores compare on the same subset
 
 
 class ConfigError(ValueError):
@@ -114,6 +115,23 @@ class CacheConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """The held-out pairs every stage scores while it trains (`miipher2.train.validation`)."""
+
+    split: str = "val"          # scores manifests/<split>_degraded.csv: degraded copies + clean references
+    utterances: int = 32        # a fixed subset, round-robin over languages; 0 = no validation
+    max_seconds: float = 6.0    # each utterance is scored on its first max_seconds
+    examples: int = 3           # outputs (WAV + spectrogram PNG) logged at the end of stages 2 and 3
+
+    def check(self, at: str) -> None:
+        _require(bool(self.split), f"{at}.split", "must not be empty", self.split)
+        _require(self.utterances >= 0, f"{at}.utterances", "must be >= 0", self.utterances)
+        _require(self.max_seconds > 0, f"{at}.max_seconds", "must be > 0", self.max_seconds)
+        _require(0 <= self.examples <= max(self.utterances, 0), f"{at}.examples",
+                 "must be between 0 and validation.utterances", self.examples)
+
+
+@dataclass
 class RuntimeConfig:
     device: str = "auto"                      # auto = cuda:<local rank> when available, else cpu
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast applies on CUDA only
@@ -148,6 +166,7 @@ class StageConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 50
+    eval_every: int = 1000   # validation every N steps (and at the start and the end)
 
     def check(self, at: str) -> None:
         _require(self.steps >= 1, f"{at}.steps", "must be >= 1", self.steps)
@@ -161,6 +180,7 @@ class StageConfig:
         _require(self.checkpoint_every >= 1, f"{at}.checkpoint_every", "must be >= 1", self.checkpoint_every)
         _require(self.keep_checkpoints >= 1, f"{at}.keep_checkpoints", "must be >= 1", self.keep_checkpoints)
         _require(self.log_every >= 1, f"{at}.log_every", "must be >= 1", self.log_every)
+        _require(self.eval_every >= 1, f"{at}.eval_every", "must be >= 1", self.eval_every)
 
 
 @dataclass
@@ -190,6 +210,7 @@ class TrainConfig:
     vocoder: VocoderConfig = field(default_factory=VocoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: VocoderStageConfig = field(default_factory=VocoderStageConfig)
@@ -214,6 +235,7 @@ class TrainConfig:
         for section in ("encoder", "vocoder"):
             params.update({f"{section}.{k}": v for k, v in data[section].items() if v is not None})
         params.update({f"data.{k}": data["data"][k] for k in _TRACKED_DATA_KEYS if data["data"].get(k) is not None})
+        params.update({f"validation.{k}": data["validation"][k] for k in _TRACKED_VALIDATION_KEYS})
         for name in stages:
             params.update({f"{name}.{k}": data[name][k] for k in _TRACKED_STAGE_KEYS if k in data[name]})
         for key in also:

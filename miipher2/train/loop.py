@@ -45,13 +45,14 @@ class StageResult:
     checkpoint_dir: Path | None = None
     weights: dict[str, Path] = field(default_factory=dict)  # final weights, when the stage completed
     encoder_identity: str = ""
+    validation: dict[str, Any] = field(default_factory=dict)  # best (step, value, metrics) and last val scores
 
     def to_json(self) -> str:
         return json.dumps({"stage": self.stage, "out_dir": str(self.out_dir), "step": self.step,
                            "metrics": self.metrics, "interrupted": self.interrupted,
                            "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir else None,
                            "weights": {k: str(v) for k, v in self.weights.items()},
-                           "encoder_identity": self.encoder_identity}, indent=2)
+                           "encoder_identity": self.encoder_identity, "validation": self.validation}, indent=2)
 
 
 class StopSignal:
@@ -111,14 +112,19 @@ def prepare_out_dir(out_dir: Path, resume: bool) -> None:
 
 def run_loop(*, stage: str, stage_config: StageConfig, ctx: DistContext, runtime: RuntimeConfig, out_dir: Path,
              state: Resumable, dataset, sampler: LengthBucketBatchSampler, step: StepFn, tracker,
-             num_workers: int = 0, resume: bool = False, seconds_of=None) -> StageResult:
+             num_workers: int = 0, resume: bool = False, seconds_of=None, validation=None) -> StageResult:
     """Train until `stage_config.steps` or SIGTERM; checkpoint every `checkpoint_every` steps and
-    at the end. Returns how far it got; rank 0 alone writes checkpoints and logs."""
+    at the end. Returns how far it got; rank 0 alone writes checkpoints and logs.
+
+    `validation` (a `miipher2.train.validation.Validation`, optional) scores held-out data at the
+    start of a fresh run, whenever it says it is due, and after the last step."""
     done, position, last_metrics = 0, DataPosition(), {}
     checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is not None:
         done, position, last_metrics = load_checkpoint(checkpoint, state)
     total = stage_config.steps
+    if validation is not None:
+        validation.start(done, total)
     progress = _progress_bar(ctx, runtime, stage, total, done)
     window: list[dict[str, float]] = []
     saved_at = done if checkpoint is not None else -1
@@ -146,6 +152,8 @@ def run_loop(*, stage: str, stage_config: StageConfig, ctx: DistContext, runtime
                                              audio_s_per_s=f"{last_metrics['audio_seconds_per_s']:.1f}")
                 progress.update(1)
                 stopped = any_rank(ctx, stop.requested)
+                if validation is not None and not stopped and validation.due(done, total):
+                    validation(done)
                 if done % stage_config.checkpoint_every == 0 or done == total or stopped:
                     _save(ctx, out_dir, done, state, position, last_metrics, stage_config.keep_checkpoints)
                     saved_at = done

@@ -36,6 +36,7 @@ from miipher2.train.feature_cache import FeatureCache, encoder_identity
 from miipher2.train.loop import (StageResult, StepFn, autocast_for, configure_backends, lr_multiplier, prepare_out_dir,
                                  run_loop)
 from miipher2.train.losses import feature_cleaner_loss
+from miipher2.train.validation import feature_validation, vocoder_validation
 
 ENCODER_FILE = "encoder.json"
 # Audio encoded on each side of a vocoder training window when features are computed online
@@ -263,12 +264,16 @@ def train_stage1(config: TrainConfig, data_root: str | os.PathLike, out_dir: str
         sampler = LengthBucketBatchSampler(dataset.lengths(), stage.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                                            seed=config.runtime.seed, bucket_window=config.data.bucket_window)
         state = Resumable({"adapters": cleaner.adapters}, {"adapters": optimizer}, {"adapters": scheduler})
+        weights = {ADAPTERS_FILE: cleaner.adapters}
+        validation = feature_validation(config, data_root, out_dir, ctx, tracker, cleaner=cleaner, weights=weights,
+                                        autocast=autocast)
         result = run_loop(stage="stage1", stage_config=stage, ctx=ctx, runtime=config.runtime, out_dir=out_dir,
                           state=state, dataset=dataset, sampler=sampler, step=step, tracker=tracker,
-                          num_workers=config.data.num_workers, resume=resume, seconds_of=_audio_seconds(encoder))
+                          num_workers=config.data.num_workers, resume=resume, seconds_of=_audio_seconds(encoder),
+                          validation=validation)
         result.encoder_identity = encoder.identity
         if not result.interrupted:
-            result.weights = _finish(ctx, out_dir, {ADAPTERS_FILE: cleaner.adapters}, result, tracker)
+            result.weights = _finish(ctx, out_dir, weights, result, tracker, validation)
         return result
 
 
@@ -344,14 +349,16 @@ def _train_vocoder(name: str, config: TrainConfig, data_root: Path, out_dir: Pat
         window_seconds = stage.segment_frames * cleaner.hop_length / ENCODER_SAMPLE_RATE
         state = Resumable({"vocoder": vocoder, "discriminator": discriminator},
                           {"vocoder": opt_g, "discriminator": opt_d}, {"vocoder": sched_g, "discriminator": sched_d})
+        weights = {VOCODER_FILE: vocoder, DISCRIMINATOR_FILE: discriminator}
+        validation = vocoder_validation(config, name, data_root, out_dir, ctx, tracker, cleaner=cleaner,
+                                        vocoder=vocoder, weights=weights, autocast=autocast)
         result = run_loop(stage=name, stage_config=stage, ctx=ctx, runtime=config.runtime, out_dir=out_dir, state=state,
                           dataset=dataset, sampler=sampler, step=step, tracker=tracker,
                           num_workers=config.data.num_workers, resume=resume,
-                          seconds_of=lambda batch: window_seconds * len(batch["keys"]))
+                          seconds_of=lambda batch: window_seconds * len(batch["keys"]), validation=validation)
         result.encoder_identity = encoder.identity
         if not result.interrupted:
-            result.weights = _finish(ctx, out_dir, {VOCODER_FILE: vocoder, DISCRIMINATOR_FILE: discriminator},
-                                     result, tracker)
+            result.weights = _finish(ctx, out_dir, weights, result, tracker, validation)
         return result
 
 
@@ -449,9 +456,14 @@ def _degradation(config: TrainConfig):
     return DegradationConfig.from_dict(yaml.safe_load(Path(config.data.degradation).read_text()) or {})
 
 
-def _finish(ctx: DistContext, out_dir: Path, modules: dict[str, nn.Module], result: StageResult, tracker) -> dict[str, Path]:
-    """Final weights beside the checkpoints, then `result.json`: its presence means 'complete'."""
+def _finish(ctx: DistContext, out_dir: Path, modules: dict[str, nn.Module], result: StageResult, tracker,
+            validation=None) -> dict[str, Path]:
+    """Final weights beside the checkpoints, then `result.json`: its presence means 'complete'.
+
+    With validation, the final weights are the best-scoring ones (the last are in the last checkpoint)."""
     paths = {name: out_dir / name for name in modules}
+    if validation is not None:
+        result.validation = validation.finish()
     if ctx.is_main:
         for name, module in modules.items():
             save_weights(module, paths[name])

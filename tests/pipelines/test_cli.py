@@ -153,3 +153,22 @@ def test_upload_adds_a_version_creating_the_pipeline_once(monkeypatch, tmp_path,
     output = capsys.readouterr().out
     assert "version 'def456' (v-def456) of pipeline miipher2-training (p-1)" in output
     assert "secret-token-value" not in output
+
+
+def test_local_run_summary_shows_what_each_stage_learnt():
+    """The lines `pipeline run --local` prints from the training steps' KFP metrics."""
+    from miipher2.cli.pipeline import learning_summary
+
+    def metrics(**values):
+        return {"artifacts": {"metrics": {"artifacts": [{"name": "metrics", "metadata": values}]}}}
+
+    outputs = {"train-pa": metrics(**{"stage1.val_best_step": 60.0, "stage1.val_first/loss": 2.25,
+                                      "stage1.val_best/loss": 1.9, "stage1.val_first/gap_closed": 0.0,
+                                      "stage1.val_best/gap_closed": 0.083, "stage1.loss": 2.0}),
+               "pretrain-vocoder": metrics(**{"stage2.val_best_step": 30.0, "stage2.val_first/mel": 1.9,
+                                              "stage2.val_best/mel": 1.2, "stage2.val_first/mrstft": 3.6,
+                                              "stage2.val_best/mrstft": 2.5}),
+               "finetune-vocoder": metrics(**{"stage3.loss": 1.0})}  # trained without validation: no line
+    assert learning_summary(outputs) == [
+        "adapters (stage 1): loss 2.250 -> 1.900, gap closed 0.0% -> 8.3% (best at step 60)",
+        "vocoder on clean features (stage 2): mel 1.900 -> 1.200, mrstft 3.600 -> 2.500 (best at step 30)"]

@@ -131,6 +131,9 @@ def test_full_pipeline_trains_evaluates_registers_with_lineage(tmp_path, dataset
         assert json.loads((stage_dir / "result.json").read_text())["step"] == 2, stage
     assert 0 < result.kfp_overhead_s < result.wall_s
     assert "<html" in result.artifact("evaluate", "report_html").read_text().lower()
+    from miipher2.cli.pipeline import learning_summary
+
+    assert len(learning_summary(result.outputs)) == 3  # every stage validated on held-out pairs
     model_dir = result.artifact("finetune-vocoder", "model")
     assert {"config.yaml", "adapters.safetensors", "vocoder.safetensors"} <= {p.name for p in model_dir.iterdir()}
 

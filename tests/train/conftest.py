@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from miipher2.audio import write_audio
+from miipher2.data.degrade import materialize_degraded
 from miipher2.data.manifest import COLUMNS, manifest_path, write_manifest
 from miipher2.train.config import load_config
 
@@ -25,16 +26,23 @@ def voiced(seconds: float, f0: float, rng: np.random.Generator) -> np.ndarray:
     return (0.2 * wave * envelope + 0.005 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def make_corpus(root: Path, count: int = 8, seed: int = 0) -> Path:
+def make_corpus(root: Path, count: int = 8, seed: int = 0, val: int = 3) -> Path:
+    """`count` train utterances of two speakers; `val` held-out ones of a third speaker with
+    their materialised degraded copies (manifests/val_degraded.csv), as the demo corpus has."""
     rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(count):
-        seconds = float(rng.uniform(0.8, 1.6))
-        relative = f"clean/en/spk{i % 2}/utt{i:02d}.wav"
-        write_audio(root / relative, voiced(seconds, 100 + 15 * i, rng), RATE)
-        rows.append({"utt_id": f"utt{i:02d}", "path": relative, "duration_s": seconds, "sample_rate": RATE,
-                     "channels": 1, "language": "en", "speaker": f"spk{i % 2}", "split": "train", "transcript": ""})
-    write_manifest(pd.DataFrame(rows, columns=list(COLUMNS)), manifest_path(root, "train"))
+    for split, n, speakers in (("train", count, ("spk0", "spk1")), ("val", val, ("spk2",))):
+        rows = []
+        for i in range(n):
+            seconds = float(rng.uniform(0.8, 1.6))
+            speaker = speakers[i % len(speakers)]
+            utt_id = f"{split}{i:02d}"
+            relative = f"clean/en/{speaker}/{utt_id}.wav"
+            write_audio(root / relative, voiced(seconds, 100 + 15 * i, rng), RATE)
+            rows.append({"utt_id": utt_id, "path": relative, "duration_s": seconds, "sample_rate": RATE,
+                         "channels": 1, "language": "en", "speaker": speaker, "split": split, "transcript": ""})
+        write_manifest(pd.DataFrame(rows, columns=list(COLUMNS)), manifest_path(root, split))
+    if val:
+        materialize_degraded(root, splits=("val",), seed=seed)
     return root
 
 
@@ -52,7 +60,7 @@ def shared_cache(tmp_path_factory) -> Path:
 def tiny_overrides(cache: Path) -> list[str]:
     return [f"cache.dir={cache}", "runtime.progress=false", "data.max_seconds=1.0", "data.min_seconds=0.3",
             "stage1.batch_size=4", "stage2.batch_size=4", "stage3.batch_size=4",
-            "stage2.segment_frames=8", "stage3.segment_frames=8"]
+            "stage2.segment_frames=8", "stage3.segment_frames=8", "validation.utterances=3", "validation.examples=2"]
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_driver.py CORPUS OUT CACHE STEPS RECORD [resume]
 
-Rank 0 appends every logged loss to RECORD/losses.jsonl; every rank appends its rank to
+Rank 0 appends every logged loss and validation score to RECORD/losses.jsonl (validation runs
+every 2 steps, each rank scoring its share of the val pairs); every rank appends its rank to
 RECORD/saves.txt each time it writes a checkpoint (the test checks only rank 0 ever does).
 """
 
@@ -25,8 +26,9 @@ class JsonlTracker:
         self.path = path
 
     def log_metrics(self, metrics, step=None):
+        names = {"stage1/loss": "loss", "val/loss": "val_loss", "val/gap_closed": "gap_closed"}
         with self.path.open("a") as handle:
-            handle.write(json.dumps({"step": step, "loss": metrics["stage1/loss"]}) + "\n")
+            handle.write(json.dumps({"step": step, **{names[k]: v for k, v in metrics.items() if k in names}}) + "\n")
 
     def log_params(self, params):
         pass
@@ -40,7 +42,8 @@ def config_for(cache: str, steps: int):
 
     return load_config("demo-cpu", [f"cache.dir={cache}", "runtime.progress=false", "data.max_seconds=1.0",
                                     "data.min_seconds=0.3", "stage1.batch_size=4", f"stage1.steps={steps}",
-                                    "stage1.checkpoint_every=2", "stage1.log_every=1", "stage1.schedule=constant"])
+                                    "stage1.checkpoint_every=2", "stage1.log_every=1", "stage1.schedule=constant",
+                                    "stage1.eval_every=2", "validation.utterances=3"])
 
 
 def main(corpus: str, out: str, cache: str, steps: str, record: str, resume: str = "") -> None:

@@ -35,6 +35,9 @@ def test_overrides_are_typed_and_validated():
     ("vocoder.upsample_initial_channel=64", "vocoder.upsample_initial_channel"),
     ("vocoder.discriminator=huge", "vocoder.discriminator"),
     ("stage2.feature_matching_weight=-1", "stage2.feature_matching_weight"),
+    ("stage1.eval_every=0", "stage1.eval_every"),
+    ("validation.utterances=-1", "validation.utterances"),
+    ("validation.examples=99", "validation.examples"),
     ("data.min_seconds=99", "data.min_seconds"),
     ("cache.enabled=yes please", "cache.enabled"),
     ("nonsense=1", "nonsense"),
@@ -72,5 +75,6 @@ def test_tracked_params_are_few_and_include_what_was_overridden():
     params = config.tracked_params("stage1", also=["stage1.lr", "stage2.log_every", "no.such.key"])
     assert params["stage1.lr"] == 0.01 and params["stage2.log_every"] == 3 and "no.such.key" not in params
     assert params["preset"] == "demo-cpu" and params["encoder.preset"] == config.encoder.preset
+    assert params["validation.utterances"] == config.validation.utterances
     assert not any(key.startswith("stage3.") for key in params)  # another stage's settings are noise here
     assert len(params) < len(config.tracked_params()) < 40

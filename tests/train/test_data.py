@@ -28,7 +28,7 @@ def test_too_short_items_are_skipped_and_none_left_is_an_error(corpus):
     with pytest.raises(DataError, match="no usable items"):
         load_items(corpus, "train", max_seconds=10, min_seconds=5)
     with pytest.raises(DataError, match="no manifest"):
-        load_items(corpus, "val", max_seconds=10, min_seconds=0)
+        load_items(corpus, "test", max_seconds=10, min_seconds=0)
 
 
 def test_ranks_split_each_global_batch_like_one_process():

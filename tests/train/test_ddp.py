@@ -25,8 +25,9 @@ def torchrun(*args) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def losses(record: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (record / "losses.jsonl").read_text().splitlines()]
+def logged(record: Path, name: str = "loss") -> dict[int, float]:
+    lines = (json.loads(line) for line in (record / "losses.jsonl").read_text().splitlines())
+    return {line["step"]: line[name] for line in lines if name in line}
 
 
 @pytest.mark.slow
@@ -41,9 +42,13 @@ def test_two_processes_match_one_and_resume(corpus, shared_cache, tmp_path):
     saves_first = (ddp / "saves.txt").read_text().split()
     torchrun(corpus, tmp_path / "out-ddp", shared_cache, 6, ddp, "resume")
 
-    reference, distributed = losses(single), losses(ddp)
+    reference, distributed = logged(single), logged(ddp)
     assert len(reference) == len(distributed) == 6
-    np.testing.assert_allclose(distributed, reference, rtol=1e-4)
+    np.testing.assert_allclose(list(distributed.values()), list(reference.values()), rtol=1e-4)
+    for name in ("val_loss", "gap_closed"):  # 3 val pairs split 2 + 1 over the ranks, sums all-reduced
+        reference, distributed = logged(single, name), logged(ddp, name)
+        assert sorted(reference) == [0, 2, 4, 6] and distributed.keys() == reference.keys()
+        np.testing.assert_allclose(list(distributed.values()), list(reference.values()), rtol=1e-4, atol=1e-6)
     saves = (ddp / "saves.txt").read_text().split()
     assert saves_first == ["0", "0"] and saves == ["0"] * 3  # steps 2, 4 then 6: rank 0 only
     ckpts = sorted(p.name for p in (tmp_path / "out-ddp" / "checkpoints").iterdir())

@@ -30,7 +30,10 @@ class RecordingTracker:
         pass
 
     def losses(self) -> list[float]:
-        return [m["stage1/loss"] for _, m in self.metrics]
+        return [m["stage1/loss"] for _, m in self.metrics if "stage1/loss" in m]
+
+    def validation(self, name: str = "val/loss") -> dict[int, float]:
+        return {step: m[name] for step, m in self.metrics if name in m}
 
 
 def light_noise(wave, rng):
@@ -71,11 +74,15 @@ def test_tiny_model_overfits_a_few_utterances(corpus, tiny_config, tmp_path):
 
 
 def test_sigterm_then_resume_equals_an_uninterrupted_run(corpus, tiny_config, tmp_path):
-    config = tiny_config("stage1.steps=4", "stage1.checkpoint_every=100", "stage1.log_every=1")
-    straight = train_stage1(config, corpus, tmp_path / "straight", tracker=RecordingTracker(), degrade=light_noise)
+    """With validation after every step: the trajectory, the validation scores and the best
+    weights of N/2 + SIGTERM + resume + N/2 equal those of N straight steps."""
+    config = tiny_config("stage1.steps=4", "stage1.checkpoint_every=100", "stage1.log_every=1", "stage1.eval_every=1",
+                         "stage1.lr=1e-2")
+    straight_tracker, resumed_tracker = RecordingTracker(), RecordingTracker()
+    straight = train_stage1(config, corpus, tmp_path / "straight", tracker=straight_tracker, degrade=light_noise)
     assert straight.step == 4 and not straight.interrupted
 
-    first = train_stage1(config, corpus, tmp_path / "resumed", tracker=RecordingTracker(),
+    first = train_stage1(config, corpus, tmp_path / "resumed", tracker=resumed_tracker,
                          degrade=SigtermAfter(2, config.stage1.batch_size))
     assert first.interrupted and first.step == 2 and first.weights == {}
     assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["step-00000002"]
@@ -83,13 +90,25 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(corpus, tiny_config, tm
 
     with pytest.raises(ResumeError, match="resume"):
         train_stage1(config, corpus, tmp_path / "resumed", degrade=light_noise)
-    second = train_stage1(config, corpus, tmp_path / "resumed", tracker=RecordingTracker(), degrade=light_noise,
+    second = train_stage1(config, corpus, tmp_path / "resumed", tracker=resumed_tracker, degrade=light_noise,
                           resume=True)
     assert second.step == 4 and not second.interrupted
-
-    a = load_file(str(straight.weights["adapters.safetensors"]))
-    b = load_file(str(second.weights["adapters.safetensors"]))
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
     assert (tmp_path / "resumed" / "result.json").is_file()
+
+    straight_scores, resumed_scores = straight_tracker.validation(), resumed_tracker.validation()
+    assert sorted(straight_scores) == [0, 1, 2, 3, 4] and resumed_scores.keys() == straight_scores.keys()
+    for step, value in straight_scores.items():
+        assert resumed_scores[step] == pytest.approx(value, rel=1e-5), step
+    assert straight_scores[0] > min(straight_scores.values())  # it learns, on held-out data
+    assert second.validation["best"]["step"] == straight.validation["best"]["step"]
+
+    def assert_same_weights(a_file, b_file):
+        a, b = load_file(str(a_file)), load_file(str(b_file))
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+
+    last = "checkpoints/step-00000004/adapters.safetensors"
+    assert_same_weights(tmp_path / "straight" / last, tmp_path / "resumed" / last)
+    assert_same_weights(straight.weights["adapters.safetensors"], second.weights["adapters.safetensors"])
+    assert_same_weights(second.weights["adapters.safetensors"], tmp_path / "resumed" / "best" / "adapters.safetensors")
