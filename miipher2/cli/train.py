@@ -69,7 +69,7 @@ def register(subparsers) -> None:
 
     backbone = commands.add_parser("make-backbone", help="write a randomly initialised backbone (offline demos, benchmarks)")
     backbone.add_argument("--preset", default="w2v-bert-2.0")
-    backbone.add_argument("--size", default="tiny", choices=("tiny", "base"))
+    backbone.add_argument("--size", default="tiny", choices=("tiny", "small", "base"))
     backbone.add_argument("--seed", type=int, default=0)
     backbone.add_argument("--out", required=True)
     backbone.set_defaults(func=_make_backbone)

@@ -6,10 +6,12 @@ transformers model directory (config, weights, feature-extractor settings) with 
 random weights: same preset, size and seed give the same bytes, hence the same encoder identity
 in the feature cache. Such an encoder has learnt nothing; it exercises the machinery only.
 
-Sizes: `tiny` (32-dim layers, tens of thousands of parameters: tests, the demo-cpu preset) and
-`base` (the preset's real layer width, e.g. 768 for mHuBERT-147, 1024 for w2v-BERT 2.0: timing).
-Both have exactly as many layers as the preset's default feature layer: the layers above it
-are never computed, so a `base` backbone costs what the released model costs per step.
+Sizes: `tiny` (32-dim layers, tens of thousands of parameters: tests) and `base` (the preset's
+real layer width, e.g. 768 for mHuBERT-147, 1024 for w2v-BERT 2.0: timing) have exactly as many
+layers as the preset's default feature layer: the layers above it are never computed, so a `base`
+backbone costs what the released model costs per step. `small` (w2v-BERT 2.0 only: 256 wide,
+2 layers, so `feature_layer` must be at most 2) keeps its input recoverable in its features: the
+encoder of the CPU presets that must learn (`learn-cpu`, `demo-cpu`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from miipher2.files import atomic_directory
 
 RANDOM_PREFIX = "random:"
-SIZES = ("tiny", "base")
+SIZES = ("tiny", "small", "base")
 
 
 def _depth(preset: str) -> int:
@@ -32,12 +34,13 @@ def _depth(preset: str) -> int:
 
 
 def _build(preset: str, size: str):
-    """The preset's architecture (`tiny` widths or the released ones) cut to its feature layer."""
+    """The preset's architecture at `size`; `tiny` and `base` cut to the preset's feature layer."""
     from miipher2.model.random_backbone import architecture
 
-    config, model_class, feature_extractor = architecture(preset, "tiny" if size == "tiny" else "full")
-    depth_field = "conf_num_hidden_layers" if hasattr(config, "conf_num_hidden_layers") else "num_hidden_layers"
-    setattr(config, depth_field, _depth(preset))
+    config, model_class, feature_extractor = architecture(preset, "full" if size == "base" else size)
+    if size != "small":  # small has its own depth
+        depth_field = "conf_num_hidden_layers" if hasattr(config, "conf_num_hidden_layers") else "num_hidden_layers"
+        setattr(config, depth_field, _depth(preset))
     return model_class(config), feature_extractor
 
 
