@@ -24,7 +24,7 @@ ENCODER_SAMPLE_RATE = 16000
 # Data and optimisation settings a reviewer compares runs by (with every encoder and vocoder
 # setting); the rest is in the logged config.yaml.
 _TRACKED_DATA_KEYS = ("split", "min_seconds", "max_seconds", "degradation")
-_TRACKED_STAGE_KEYS = ("steps", "batch_size", "lr", "schedule", "segment_frames")
+_TRACKED_STAGE_KEYS = ("steps", "batch_size", "lr", "schedule", "segment_frames", "adversarial_start")
 _TRACKED_VALIDATION_KEYS = ("split", "utterances", "max_seconds")  # val/* scores compare on the same subset
 
 
@@ -193,10 +193,14 @@ class VocoderStageConfig(StageConfig):
     # is the mel loss (hifigan, vocos: 45) or the multi-resolution STFT loss (wavefit: 2.5)
     reconstruction_weight: float | None = None
     feature_matching_weight: float | None = None
+    # Steps on the reconstruction loss alone before the discriminators join (Parallel WaveGAN's
+    # discriminator_train_start_steps). A GAN step costs ~20x a generator-only one on CPU.
+    adversarial_start: int = 0
 
     def check(self, at: str) -> None:
         super().check(at)
         _require(self.segment_frames >= 1, f"{at}.segment_frames", "must be >= 1", self.segment_frames)
+        _require(self.adversarial_start >= 0, f"{at}.adversarial_start", "must be >= 0", self.adversarial_start)
         _require(self.discriminator_lr > 0, f"{at}.discriminator_lr", "must be > 0", self.discriminator_lr)
         for name in ("reconstruction_weight", "feature_matching_weight"):
             value = getattr(self, name)

@@ -176,8 +176,9 @@ def _save(ctx: DistContext, out_dir: Path, done: int, state: Resumable, position
 
 
 def _average(window: list[dict[str, float]]) -> dict[str, float]:
-    keys = window[0].keys() if window else ()
-    return {k: sum(m[k] for m in window) / len(window) for k in keys}
+    """Mean of each metric over the steps that report it (a GAN's adversarial terms start late)."""
+    keys = dict.fromkeys(k for m in window for k in m)
+    return {k: sum(m[k] for m in window if k in m) / sum(k in m for m in window) for k in keys}
 
 
 def _progress_bar(ctx: DistContext, runtime: RuntimeConfig, stage: str, total: int, done: int):

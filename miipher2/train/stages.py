@@ -395,6 +395,7 @@ def vocoder_step(cleaner: nn.Module, vocoder: nn.Module, discriminator: nn.Modul
                  critic: nn.Module, objective, optimizers, schedulers, stage: VocoderStageConfig, ctx: DistContext,
                  autocast, *, use_adapters: bool) -> StepFn:
     """One GAN step (discriminator, then generator) on a window of features, any vocoder kind.
+    The first `stage.adversarial_start` steps train the generator on the reconstruction loss alone.
 
     `objective` is the kind's `GanObjective` (`build_objective`). Features come cut from the batch
     (stage 2 with the cache) or from the frozen cleaner, run without gradients on the window and
@@ -420,21 +421,25 @@ def vocoder_step(cleaner: nn.Module, vocoder: nn.Module, discriminator: nn.Modul
         with autocast:
             fakes = objective.generate(generator, features)  # fp32 waves; WaveFit: one per iterate
         real = real[:, : fakes[-1].shape[1]]
+        if sched_g.last_epoch < stage.adversarial_start:  # the step count, restored on resume
+            return generator_update(objective.reconstruction_loss(fakes, real))
         d_terms = objective.discriminator_loss(critic, fakes, real)
         opt_d.zero_grad(set_to_none=True)
         d_terms["loss"].backward()
         clip(discriminator.parameters(), stage.grad_clip)
         opt_d.step()
+        sched_d.step()
         with critic.no_sync() if isinstance(critic, DistributedDataParallel) else contextlib.nullcontext():
             g_terms = objective.generator_loss(critic, fakes, real)  # the discriminator is frozen inside
+        return {**generator_update(g_terms), "discriminator": d_terms["loss"].item()}
+
+    def generator_update(g_terms: dict[str, torch.Tensor]) -> dict[str, float]:
         opt_g.zero_grad(set_to_none=True)
         g_terms["loss"].backward()
         clip(vocoder.parameters(), stage.grad_clip)
         opt_g.step()
         sched_g.step()
-        sched_d.step()
-        return {**{name: value.item() for name, value in g_terms.items()}, "discriminator": d_terms["loss"].item(),
-                "lr": sched_g.get_last_lr()[0]}
+        return {**{name: value.item() for name, value in g_terms.items()}, "lr": sched_g.get_last_lr()[0]}
 
     return step
 

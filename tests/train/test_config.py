@@ -35,6 +35,7 @@ def test_overrides_are_typed_and_validated():
     ("vocoder.upsample_initial_channel=64", "vocoder.upsample_initial_channel"),
     ("vocoder.discriminator=huge", "vocoder.discriminator"),
     ("stage2.feature_matching_weight=-1", "stage2.feature_matching_weight"),
+    ("stage3.adversarial_start=-1", "stage3.adversarial_start"),
     ("stage1.eval_every=0", "stage1.eval_every"),
     ("validation.utterances=-1", "validation.utterances"),
     ("validation.examples=99", "validation.examples"),

@@ -77,3 +77,36 @@ def test_vocoder_step_leaves_the_cleaner_untouched(corpus, shared_cache, tiny_co
     assert any(not torch.equal(a, b) for a, b in zip(vocoder_before, vocoder.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(discriminator_before, discriminator.parameters()))
     assert all(p.requires_grad for p in discriminator.parameters())  # unfrozen again after the generator step
+
+
+def test_discriminators_join_after_adversarial_start(corpus, shared_cache, tiny_config):
+    """Steps before `adversarial_start` train the generator on the reconstruction loss alone and
+    leave the discriminators (and their schedule) untouched; from then on both train."""
+    from miipher2.train.stages import build_objective
+
+    config = tiny_config("vocoder.kind=vocos", "stage2.adversarial_start=1")
+    stage = config.stage2
+    cleaner = build_encoder(config, shared_cache, CPU.device).cleaner.eval()
+    cleaner.requires_grad_(False)
+    objective = build_objective(config, stage)
+    vocoder, discriminator = build_vocoder(config, cleaner), objective.make_discriminator()
+    opts = (optimizer_for(vocoder.parameters(), stage), optimizer_for(discriminator.parameters(), stage))
+    schedulers = tuple(scheduler_for(o, stage) for o in opts)
+    step = vocoder_step(cleaner, vocoder, discriminator, vocoder, discriminator, objective, opts, schedulers, stage,
+                        CPU, torch.autocast("cpu", enabled=False), use_adapters=False)
+    batch = _batch(corpus, clean=True, target_rate=config.vocoder.sample_rate, window_frames=stage.segment_frames,
+                   frame_hop=cleaner.hop_length, context=window_context(cleaner))
+
+    vocoder_before = [p.clone() for p in vocoder.parameters()]
+    discriminator_before = [p.clone() for p in discriminator.parameters()]
+    warm = step(batch)
+    assert set(warm) == {"loss", "reconstruction", "mel", "lr"}
+    assert warm["loss"] == pytest.approx(objective.reconstruction_weight * warm["reconstruction"])
+    assert any(not torch.equal(a, b) for a, b in zip(vocoder_before, vocoder.parameters()))
+    assert all(torch.equal(a, b) and b.grad is None for a, b in zip(discriminator_before, discriminator.parameters()))
+    assert schedulers[1].last_epoch == 0
+
+    adversarial = step(batch)
+    assert {"adversarial", "feature_matching", "discriminator"} <= set(adversarial)
+    assert any(not torch.equal(a, b) for a, b in zip(discriminator_before, discriminator.parameters()))
+    assert schedulers[1].last_epoch == 1

@@ -238,6 +238,14 @@ class GanObjective(nn.Module):
                                          for name, (scores, _) in judged.items()}))
         return {"loss": torch.stack(losses).mean()}
 
+    def reconstruction_loss(self, fakes: list[torch.Tensor], real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The weighted reconstruction term alone: the generator's objective before the discriminators join."""
+        result = {"reconstruction": torch.stack([self.reconstruction(fake, real) for fake in fakes]).mean()}
+        result["loss"] = self.reconstruction_weight * result["reconstruction"]
+        with torch.no_grad():
+            result["mel"] = self.mel(fakes[-1], real)
+        return result
+
     def generator_loss(self, discriminator: nn.Module, fakes: list[torch.Tensor], real: torch.Tensor) -> dict[str, torch.Tensor]:
         """The discriminator is frozen meanwhile: no weight gradients are computed for it."""
         with frozen(discriminator):
