@@ -19,6 +19,7 @@ import pytest
 
 from pipelines.cluster import ClusterConfig
 from tests.servers import moto_s3_endpoint, new_dataset_repo, running_mlflow_server
+from tests.train.conftest import TINY_MODEL
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 # The smallest run that still exercises every stage, checkpoint and resume path.
 TINY = ["stage1.steps=2", "stage2.steps=2", "stage3.steps=2", "stage1.checkpoint_every=1",
         "stage2.checkpoint_every=1", "stage3.checkpoint_every=1", "stage1.batch_size=2", "stage2.batch_size=2",
-        "stage3.batch_size=2", "stage2.segment_frames=8", "stage3.segment_frames=8"]
+        "stage3.batch_size=2", "stage2.segment_frames=8", "stage3.segment_frames=8", *TINY_MODEL]
 
 
 @pytest.fixture(scope="module")

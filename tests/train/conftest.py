@@ -57,10 +57,17 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+# demo-cpu's model at its smallest (a 32-dim random encoder, a tiny Vocos) and every GAN step on:
+# the machinery at a fraction of the demo's cost.
+TINY_MODEL = ["encoder.source=random:tiny", "encoder.feature_layer=null", "encoder.adapter_dim=64",
+              "vocoder.size=tiny", "stage2.adversarial_start=0", "stage3.adversarial_start=0"]
+
+
 def tiny_overrides(cache: Path) -> list[str]:
     return [f"cache.dir={cache}", "runtime.progress=false", "data.max_seconds=1.0", "data.min_seconds=0.3",
             "stage1.batch_size=4", "stage2.batch_size=4", "stage3.batch_size=4",
-            "stage2.segment_frames=8", "stage3.segment_frames=8", "validation.utterances=3", "validation.examples=2"]
+            "stage2.segment_frames=8", "stage3.segment_frames=8", "validation.utterances=3", "validation.examples=2",
+            *TINY_MODEL]
 
 
 @pytest.fixture

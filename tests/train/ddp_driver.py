@@ -39,8 +39,9 @@ class JsonlTracker:
 
 def config_for(cache: str, steps: int):
     from miipher2.train.config import load_config
+    from tests.train.conftest import TINY_MODEL
 
-    return load_config("demo-cpu", [f"cache.dir={cache}", "runtime.progress=false", "data.max_seconds=1.0",
+    return load_config("demo-cpu", [*TINY_MODEL, f"cache.dir={cache}", "runtime.progress=false", "data.max_seconds=1.0",
                                     "data.min_seconds=0.3", "stage1.batch_size=4", f"stage1.steps={steps}",
                                     "stage1.checkpoint_every=2", "stage1.log_every=1", "stage1.schedule=constant",
                                     "stage1.eval_every=2", "validation.utterances=3"])

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.train.conftest import TINY_MODEL
 from tests.train.ddp_driver import main as run_driver
 
 DRIVER = Path(__file__).with_name("ddp_driver.py")
@@ -60,7 +61,7 @@ def test_gan_stage_under_torchrun_with_a_fresh_cache(corpus, tmp_path):
     """Stage 2 (DDP generator + discriminator, no_sync during the generator step) on 2 processes;
     the fresh cache also makes rank 0 build the random backbone while rank 1 waits."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "MIIPHER2_NO_PROGRESS": "1"}
-    sets = [a for item in ("stage2.steps=1", "stage2.batch_size=4", "stage2.segment_frames=8", "data.max_seconds=1.0",
+    sets = [a for item in (*TINY_MODEL, "stage2.steps=1", "stage2.batch_size=4", "stage2.segment_frames=8", "data.max_seconds=1.0",
                            "data.min_seconds=0.3") for a in ("--set", item)]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                "miipher2.cli", "train", "stage2", "--config", "demo-cpu", "--data", str(corpus),
