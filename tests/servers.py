@@ -154,6 +154,9 @@ def fake_hub(files: dict[str, bytes], repo_id: str, token: str | None = None) ->
         server.server_close()
 
 
+SERVER_SETTINGS = {"MLFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_IGNORE_TLS"}
+
+
 class MlflowServer:
     """A real `mlflow server` on 127.0.0.1 over a sqlite store in `root`, artifacts proxied to
     `artifacts_destination` (default: a folder in `root`).
@@ -175,7 +178,9 @@ class MlflowServer:
         argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                 "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                 "--artifacts-destination", self.artifacts_destination]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        # The server is not a client of itself: no client settings (tracking URI, credentials), but
+        # its own S3 endpoint (MLFLOW_S3_ENDPOINT_URL: where it proxies artifacts).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") or k in SERVER_SETTINGS}
         # No background job runner (seven huey worker processes): tests use tracking and registry only.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         with open(self.log, "ab") as out:

@@ -31,6 +31,7 @@ from miipher2.tracking.spool import DEFAULT_MAX_BYTES, Spool, leftovers
 log = logging.getLogger("miipher2.tracking")
 
 FLUSH_TIMEOUT_S = 120.0
+HUNG_REQUEST_S = 60.0  # beyond MLflow's own request timeout (runs.py), a request is hung
 DROPPED_TAG = "tracking.dropped_metric_records"
 _PARAM_LIMIT, _TAG_LIMIT = 6000, 8000  # MLflow's value limits
 _BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits
@@ -176,6 +177,7 @@ class _Sender:
     def __init__(self, client, spools: list[Spool], backoff: Backoff, give_up_after_s: float):
         self._client, self._spools = client, spools
         self._backoff, self._give_up_after_s = backoff, give_up_after_s
+        self._abandoned = False
         self._cv = threading.Condition()
         self._work, self._busy, self._closing, self._done = True, False, False, False
         self._failures, self._retry_at, self._down_since = 0, 0.0, None
@@ -197,7 +199,14 @@ class _Sender:
         with self._cv:
             self._closing = True
             self._cv.notify_all()
-        self._thread.join()
+        # A request the server never answers must not hold the work hostage: past the give-up time
+        # (plus one request's worth) the daemon sender is left behind; what it had not
+        # acknowledged stays in the spool for a later tracker.
+        self._thread.join(self._give_up_after_s + HUNG_REQUEST_S)
+        if self._thread.is_alive():
+            self._abandoned = True  # if its request ever returns, it stops without touching the spools
+            log.warning("an MLflow request has not returned after %.0f s; leaving it and keeping the undelivered "
+                        "records", self._give_up_after_s + HUNG_REQUEST_S)
 
     def release(self) -> None:
         for spool in self._spools:
@@ -223,6 +232,8 @@ class _Sender:
                     self._cv.wait(timeout)
                 self._work, self._busy = False, True
             failure = self._deliver_all()
+            if self._abandoned:
+                return
             with self._cv:
                 self._busy = False
                 now = time.monotonic()
@@ -250,6 +261,8 @@ class _Sender:
                 offsets, records = zip(*pending)
                 for first, last in _groups(records):
                     failure = self._deliver(records[first:last])
+                    if self._abandoned:
+                        return "abandoned by close()"
                     if failure is not None:
                         return failure
                     spool.acknowledge(offsets[last - 1])

@@ -155,3 +155,20 @@ def test_an_unwritable_spool_directory_falls_back_to_a_temporary_one(tmp_path):
     tracker.log_metrics({"loss": 1.0}, step=1)
     tracker.close()
     assert client.steps() == [1]
+
+
+def test_a_request_the_server_never_answers_does_not_hold_the_step(tmp_path, monkeypatch):
+    import time
+
+    from miipher2.tracking import tracker as tracker_module
+
+    monkeypatch.setattr(tracker_module, "HUNG_REQUEST_S", 0.5)
+    client = FlakyClient()
+    client.gate.clear()  # every call hangs, as behind a server that accepted and never answered
+    tracker = Tracker("r", client=client, spool_dir=tmp_path, backoff=FAST, flush_timeout_s=0.5)
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    started = time.monotonic()
+    with pytest.warns(TrackingWarning, match="not delivered"):
+        tracker.close()
+    assert time.monotonic() - started < 10
+    client.gate.set()  # the hung call returns late; the records were kept for a later tracker meanwhile
