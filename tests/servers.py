@@ -196,6 +196,7 @@ class MlflowServer:
         self.process = None
 
     def stop(self) -> None:
+        _forget_global_tracking_uri(self.url)
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -212,6 +213,15 @@ class MlflowServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _forget_global_tracking_uri(url: str) -> None:
+    """mlflow keeps a process-global tracking URI, which the library sets (registry.client) and no test
+    restores: pointing at a stopped server, it made later tests' fluent calls fail with 'connection refused'."""
+    from mlflow.tracking._tracking_service import utils
+
+    if utils._tracking_uri == url:
+        utils._tracking_uri = None
 
 
 @contextlib.contextmanager
