@@ -106,9 +106,9 @@ def _logged_model_id(uri: str) -> str:
     match = _REGISTERED.match(uri)
     if not match:
         return ""
-    from miipher2.registry.versions import client
+    from miipher2.registry.versions import client, logged_model_id
 
     with contextlib.suppress(Exception):  # lineage detail: never a reason to stop a restoration
-        return client().get_model_version(match["name"], match["version"]).model_id or ""
+        return logged_model_id(client().get_model_version(match["name"], match["version"]))
     return ""
 

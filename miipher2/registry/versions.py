@@ -7,6 +7,7 @@ Aliases, not stages (deprecated in MLflow 3): `challenger` marks the newest cand
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,6 +65,15 @@ def register_restorer(model_dir: str | Path, model_name: str, *, dataset_revisio
     mlflow_client.set_model_version_tag(model_name, version, "source_run", run.info.run_id)
     mlflow_client.set_registered_model_alias(model_name, alias, version)
     return mlflow_client.get_model_version(model_name, version)
+
+
+def logged_model_id(version) -> str:
+    """The MLflow 3 logged model behind a registered `version` ('' if none). MLflow 3.17's SQL store
+    leaves `version.model_id` empty and names the logged model only in `source` (models:/<id>)."""
+    if version.model_id:
+        return version.model_id
+    source = version.source or ""
+    return source.removeprefix("models:/") if re.fullmatch(r"models:/m-[0-9a-f]+", source) else ""
 
 
 def version_by_alias(mlflow_client, model_name: str, alias: str):

@@ -69,8 +69,11 @@ def test_local_pipeline_run_with_registered_model_then_cli_resumes(tmp_path, reg
     assert parent.data.tags["registered_version"] == str(version)  # a tag is text
     assert parent.data.tags["model_uri"] == f"models:/{MODEL_NAME}/{version}"
     assert parent.data.metrics["files_restored"] == 5 and parent.data.metrics["files_failed"] == 1
-    model_id = mlflow.MlflowClient().get_model_version(MODEL_NAME, version).model_id
-    assert [m.model_id for m in parent.inputs.model_inputs] == [model_id]
+    experiment_id = mlflow.get_experiment_by_name("corpus-tests").experiment_id
+    (logged,) = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list")  # the registered one
+    # search_runs leaves model inputs out (MLflow 3.17): the run itself has them.
+    inputs = mlflow.MlflowClient().get_run(parent.info.run_id).inputs.model_inputs
+    assert [m.model_id for m in inputs] == [logged.model_id]
     children = mlflow.search_runs(experiment_names=["corpus-tests"], output_format="list",
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.tags["shard"] for c in children) == ["0", "1"]
