@@ -127,21 +127,26 @@ def validate_data(*, repo: str, revision: str, remote: str, workspace: str, repo
 def train_adapters(*, data_root: str, lineage: Lineage, training_preset: str, overrides: Sequence[str],
                    workspace: str, out_dir: str, launch: Launch | None = None) -> StepResult:
     """Stage 1: parallel adapters on (degraded -> clean) features."""
-    config = _stage_config(training_preset, overrides, lineage, workspace)
-    with step_run("train_pa", lineage, spool_dir=_spool_dir(workspace, lineage, "train_pa")) as tracker:
-        _log_config(tracker, config, "stage1", overrides, data_root, lineage)
-        stage = trained_stage("train_pa", "stage1", config=config, data_root=data_root, lineage=lineage,
-                              workspace=workspace, launch=launch or Launch(), tracker=tracker)
-        return _publish_stage(stage, out_dir, tracker)
+    return _train_and_publish("train_pa", "stage1", data_root=data_root, lineage=lineage,
+                              training_preset=training_preset, overrides=overrides, workspace=workspace,
+                              out_dir=out_dir, launch=launch)
 
 
 def pretrain_vocoder(*, data_root: str, lineage: Lineage, training_preset: str, overrides: Sequence[str],
                      workspace: str, out_dir: str, launch: Launch | None = None) -> StepResult:
     """Stage 2: the vocoder on clean features; independent of stage 1, so it runs beside it."""
+    return _train_and_publish("pretrain_vocoder", "stage2", data_root=data_root, lineage=lineage,
+                              training_preset=training_preset, overrides=overrides, workspace=workspace,
+                              out_dir=out_dir, launch=launch)
+
+
+def _train_and_publish(step: str, stage_name: str, *, data_root: str, lineage: Lineage, training_preset: str,
+                       overrides: Sequence[str], workspace: str, out_dir: str, launch: Launch | None) -> StepResult:
+    """A stage-1 or stage-2 step: train (or reuse) the stage, publish its final weights."""
     config = _stage_config(training_preset, overrides, lineage, workspace)
-    with step_run("pretrain_vocoder", lineage, spool_dir=_spool_dir(workspace, lineage, "pretrain_vocoder")) as tracker:
-        _log_config(tracker, config, "stage2", overrides, data_root, lineage)
-        stage = trained_stage("pretrain_vocoder", "stage2", config=config, data_root=data_root, lineage=lineage,
+    with step_run(step, lineage, spool_dir=_spool_dir(workspace, lineage, step)) as tracker:
+        _log_config(tracker, config, stage_name, overrides, data_root, lineage)
+        stage = trained_stage(step, stage_name, config=config, data_root=data_root, lineage=lineage,
                               workspace=workspace, launch=launch or Launch(), tracker=tracker)
         return _publish_stage(stage, out_dir, tracker)
 
