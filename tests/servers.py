@@ -52,6 +52,21 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: floa
 
 
 @contextlib.contextmanager
+def serving(handler: type) -> Iterator[str]:
+    """An `http.server` request handler class served on a free loopback port; yields its URL."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
 def private_git_server(repo_dir: Path, username: str, token: str) -> Iterator[str]:
     """A git smart-HTTP server (dulwich) on 127.0.0.1 serving `repo_dir` only to `username:token`
     (HTTP Basic, as GitHub/GitLab take tokens); yields the clone URL. Records what clients sent."""
@@ -97,7 +112,6 @@ def fake_hub(files: dict[str, bytes], repo_id: str, token: str | None = None) ->
     import hashlib
     import http.server
     import json
-    import threading
 
     commit = hashlib.sha1(b"".join(sorted(files.values()))).hexdigest()
     blobs = {name: hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() for name, data in files.items()}
@@ -144,14 +158,8 @@ def fake_hub(files: dict[str, bytes], repo_id: str, token: str | None = None) ->
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url, seen
 
 
 SERVER_SETTINGS = {"MLFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_IGNORE_TLS"}

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import threading
 
 import kfp
 import pytest
 
 from pipelines.run import BackendTooOld, backend_version, require_backend
+from tests.servers import serving
 
 
 @contextlib.contextmanager
@@ -39,14 +39,8 @@ def fake_kfp_api(tag_name: str):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", requests
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url, requests
 
 
 @pytest.fixture
