@@ -139,6 +139,8 @@ def test_first_layer_group_norm_uses_only_valid_frames():
     torch.testing.assert_close(y[1, :, :6], by_hand * plain.weight[:, None] + plain.bias[:, None])
     torch.testing.assert_close(y[0], plain(x[:1])[0])
     torch.testing.assert_close(masked(x), plain(x))  # outside `frames`, a plain GroupNorm
+    with ValidFramesGroupNorm.frames(masked, torch.tensor([10, 10])):
+        torch.testing.assert_close(masked(x), plain(x))  # no padding in the batch: the plain kernel
     assert set(masked.state_dict()) == set(plain.state_dict())  # checkpoint keys untouched
 
 
