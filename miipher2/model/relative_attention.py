@@ -12,7 +12,6 @@ lookup and contraction, and training keeps that tensor for the backward pass.
 from __future__ import annotations
 
 import torch
-from transformers.models.wav2vec2_bert import modeling_wav2vec2_bert
 
 
 def relative_key_position_bias(module, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,5 +28,7 @@ def relative_key_position_bias(module, query: torch.Tensor, key: torch.Tensor) -
 def install() -> None:
     """Route every Wav2Vec2-BERT attention layer of this process through the gather form (idempotent:
     same results to float rounding, tests/model/test_relative_attention.py)."""
+    from transformers.models.wav2vec2_bert import modeling_wav2vec2_bert  # only once an encoder is built
+
     if hasattr(modeling_wav2vec2_bert, "_apply_relative_key_position_encoding"):
         modeling_wav2vec2_bert._apply_relative_key_position_encoding = relative_key_position_bias
