@@ -29,18 +29,21 @@ def test_bias_matches_a_pairwise_hand_computation_including_clamped_distances():
 
 
 def test_installed_attention_layer_gives_the_same_output_and_gradients():
-    module = _attention()
+    module = _attention(left=5, right=2)
     hidden = torch.randn(1, 20, 16, requires_grad=True)
     install()
     assert modeling_wav2vec2_bert._apply_relative_key_position_encoding is relative_key_position_bias
     out, _ = module(hidden)
     out.sum().backward()
-    # the same layer computed by hand: softmax(q k^T / sqrt(d) + bias) v, then the output projection
-    with torch.no_grad():
-        split = lambda x: x.view(1, 20, 2, 8).transpose(1, 2)  # noqa: E731
-        q, k, v = (split(layer(hidden)) for layer in (module.linear_q, module.linear_k, module.linear_v))
-        _, bias = relative_key_position_bias(module, q, k)
-        weights = torch.softmax(q @ k.transpose(-1, -2) * module.scaling + bias, -1)
-        expected = module.linear_out((weights @ v).transpose(1, 2).reshape(1, 20, 16))
-    torch.testing.assert_close(out.detach(), expected, rtol=1e-5, atol=1e-6)
-    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+    # The same layer by hand, its bias as a per-pair lookup of distance vectors (no gather):
+    # softmax(q k^T / sqrt(d) + q . E[clamp(k - q)] / sqrt(d)) v, then the output projection.
+    reference = hidden.detach().clone().requires_grad_(True)
+    split = lambda x: x.view(1, 20, 2, 8).transpose(1, 2)  # noqa: E731
+    q, k, v = (split(layer(reference)) for layer in (module.linear_q, module.linear_k, module.linear_v))
+    distance = (torch.arange(20)[None, :] - torch.arange(20)[:, None]).clamp(-5, 2) + 5
+    bias = torch.einsum("bhld,lrd->bhlr", q, module.distance_embedding.weight[distance]) * module.scaling
+    weights = torch.softmax(q @ k.transpose(-1, -2) * module.scaling + bias, -1)
+    expected = module.linear_out((weights @ v).transpose(1, 2).reshape(1, 20, 16))
+    expected.sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hidden.grad, reference.grad, rtol=1e-5, atol=1e-6)
