@@ -91,6 +91,13 @@ class Engine:
             args += ["-t", tag]
         for name, value in (build_args or {}).items():
             args += ["--build-arg", f"{name}={value}"]
+        if self.is_podman and build_args and "GIT_COMMIT" in build_args:
+            # podman 4 reuses a cached LABEL/ENV step whatever the ARG's value: when only files outside
+            # the image change, the new build would carry the previous commit. Set both on the result.
+            commit = build_args["GIT_COMMIT"]
+            args += ["--label", f"org.opencontainers.image.revision={commit}"]
+            if "MIIPHER2_GIT_COMMIT" in dockerfile.read_text():
+                args += ["--env", f"MIIPHER2_GIT_COMMIT={commit}"]
         for name, path in (build_contexts or {}).items():
             args += ["--build-context", f"{name}={path}"]
         if target:
